@@ -1,0 +1,30 @@
+# The two commands of the README, and the environment they run in.
+#   make demo   run configs/default.yaml into results/default/
+#   make test   the whole test suite: serial pytest, then the MPI-marked tests on 2 ranks
+.PHONY: demo test test-serial test-mpi env verify bench clean
+
+ENV := scripts/env-exec
+NP ?= 2
+
+env:
+	@scripts/env.sh ensure
+
+demo: env
+	$(ENV) mpirun -n $(NP) tme run configs/default.yaml --out results/default --overwrite
+
+test: test-serial test-mpi
+
+test-serial: env
+	$(ENV) python3 -m pytest
+
+test-mpi: env
+	$(ENV) mpirun -n $(NP) scripts/pytest-mpi
+
+verify: env
+	$(ENV) tme verify
+
+bench: env
+	$(ENV) python3 bench/transport.py
+
+clean:
+	rm -rf results/default .pytest_cache

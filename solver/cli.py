@@ -1,0 +1,98 @@
+"""The ``tme`` command line: run, validate, schema, verify.
+
+Run in parallel as ``mpirun -n N tme run CONFIG``. An unexpected exception on any rank aborts the
+whole job (as ``python -m mpi4py`` does) instead of leaving the other ranks waiting forever;
+errors a user can cause print one line on rank 0 and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__, log
+from .scenario import ScenarioError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tme", description="Tumour microenvironment under chemotherapy: "
+                                "drug transport, clonal resistance and treatment strategies (FEniCSx).")
+    p.add_argument("--version", action="version", version=f"tme {__version__}")
+    p.add_argument("--log-all-ranks", action="store_true", help="every MPI rank logs, not only rank 0")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a scenario")
+    r.add_argument("config", type=Path, help="scenario YAML file")
+    r.add_argument("--out", type=Path, help="output directory (default results/<scenario name>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a scenario value, e.g. --set time.end='10 day' (repeatable)")
+    r.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+
+    v = sub.add_parser("validate", help="check a scenario and print its resolved form")
+    v.add_argument("config", type=Path)
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.add_argument("--quiet-ok", action="store_true", help="print nothing when valid")
+
+    sub.add_parser("schema", help="print the JSON schema of scenario files")
+
+    f = sub.add_parser("verify", help="run the verification cases against closed forms")
+    f.add_argument("--quick", action="store_true", help="coarser meshes, fewer cases")
+    f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    logger = log.setup(comm.rank, comm.size, args.log_all_ranks, level=30 if args.quiet else 20)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        return _dispatch(args, comm)
+    except ScenarioError as exc:
+        if comm.rank == 0:
+            print(f"tme: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        if comm.size > 1:
+            # one rank failing must not leave the others blocked in a collective
+            sys.stderr.write(f"tme: rank {comm.rank} failed:\n{traceback.format_exc()}")
+            sys.stderr.flush()
+            comm.Abort(1)
+        logger.debug("unexpected error", exc_info=True)
+        raise
+
+
+def _dispatch(args, comm) -> int:
+    from . import scenario as sc
+
+    if args.command == "schema":
+        if comm.rank == 0:
+            print(json.dumps(sc.json_schema(), indent=2))
+        return 0
+    if args.command == "validate":
+        scen = sc.load(args.config, args.overrides)
+        if comm.rank == 0 and not args.quiet_ok:
+            print(sc.resolved_yaml(scen), end="")
+        return 0
+    if args.command == "verify":
+        from .verify import main as verify_main
+
+        return verify_main(comm, quick=args.quick, cases=args.case)
+    if args.command == "run":
+        scen = sc.load(args.config, args.overrides)
+        out = args.out or Path("results") / scen.name
+        from .simulation import run
+
+        run(scen, out, comm=comm, overwrite=args.overwrite)
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,36 @@
+"""Logging that only rank 0 speaks, unless every rank is asked to (``--log-all-ranks``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LOGGER_NAME = "tme"
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int, all_ranks: bool):
+        super().__init__()
+        self.rank, self.all_ranks = rank, all_ranks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return self.all_ranks or self.rank == 0
+
+
+def setup(rank: int = 0, size: int = 1, all_ranks: bool = False, level: int = logging.INFO) -> logging.Logger:
+    """Configure the ``tme`` logger for this rank; returns it."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    prefix = "[%(rank)d] " if (all_ranks and size > 1) else ""
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    handler.addFilter(_RankFilter(rank, all_ranks))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
+
+
+def get() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)

@@ -1,0 +1,495 @@
+"""The scenario: a YAML file validated into frozen, unit-converted models.
+
+Data flows one way: YAML text -> :func:`load` -> :class:`Scenario` (plain floats in the base units
+of :mod:`solver.units`) -> mesh, fields, time loop, outputs. Every section is a pydantic model
+that forbids unknown keys, so a misspelled key is an error, not a silently ignored line.
+
+Errors a user can cause are raised as :class:`ScenarioError` with one line naming the key path
+and what would be valid; the CLI prints that line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .units import (Concentration, Diffusivity, Duration, Fraction, Length, Permeability,
+                    Quantity, Rate, SurfaceDensity, Time)
+
+
+class ScenarioError(ValueError):
+    """A scenario (or mesh, or command-line value) that cannot be used; the message is one line."""
+
+
+class Spec(BaseModel):
+    """Base of every scenario section: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+# --------------------------------------------------------------------------------------------
+# Mesh
+
+
+class RegionRule(Spec):
+    """Tag the cells whose midpoint satisfies ``where`` (a NumPy expression of x, y, z, r in µm)."""
+
+    name: Name
+    where: str = Field(description="boolean NumPy expression of x, y, z and r = |x| (µm); "
+                                   "e.g. 'r < 300' or 'x > 0'")
+
+
+class BuiltinMesh(Spec):
+    """A structured rectangle (2-D) or box (3-D) of P1 simplices; regions from rules."""
+
+    kind: Literal["rectangle", "box"]
+    size: list[Length] = Field(description="edge lengths, 2 (rectangle) or 3 (box) entries")
+    cells: list[Annotated[int, Field(ge=1)]] = Field(description="cells per edge")
+    origin: list[Quantity("um")] | None = Field(None, description="lower corner; default centred on 0")
+    regions: list[RegionRule] = Field(default_factory=list,
+                                      description="first matching rule wins; unmatched cells are 'tissue'")
+
+    @model_validator(mode="after")
+    def _dims(self):
+        dim = 2 if self.kind == "rectangle" else 3
+        for key in ("size", "cells") + (("origin",) if self.origin is not None else ()):
+            if len(getattr(self, key)) != dim:
+                raise ValueError(f"{key} needs {dim} entries for a {self.kind}")
+        return self
+
+
+class Vessel(Spec):
+    """A circular vessel cross-section (2-D) whose wall is tagged ``vessel_wall``."""
+
+    center: list[Quantity("um")]
+    radius: Length
+
+
+class SliceMesh(Spec):
+    """A 2-D tissue slice (gmsh) with circular vessel holes and regions from rules."""
+
+    kind: Literal["slice2d"]
+    size: list[Length] = Field(description="width and height of the slice")
+    h: Length = Field(description="target element size")
+    vessels: list[Vessel] = Field(default_factory=list)
+    vessel_h: Length | None = Field(None, description="element size on vessel walls (default h/3)")
+    regions: list[RegionRule] = Field(default_factory=list)
+
+
+class KroghMesh(Spec):
+    """The Krogh unit: tissue annulus (2-D) or cylinder (3-D) around one vessel."""
+
+    kind: Literal["krogh"]
+    dim: Literal[2, 3] = 2
+    vessel_radius: Length
+    tissue_radius: Length
+    length: Length | None = Field(None, description="cylinder length (3-D only)")
+    h: Length
+
+
+class SpheroidMesh(Spec):
+    """A 3-D ball of tissue (gmsh); its surface is tagged ``outer``."""
+
+    kind: Literal["spheroid"]
+    radius: Length
+    h: Length
+    regions: list[RegionRule] = Field(default_factory=list)
+
+
+class FileMesh(Spec):
+    """A user's mesh: gmsh .msh, or any meshio format; physical groups become named tags."""
+
+    kind: Literal["file"]
+    path: Path
+    scale: float = Field(1.0, gt=0, description="factor from the file's coordinates to µm")
+    regions: list[RegionRule] = Field(default_factory=list)
+
+
+MeshSpec = Annotated[Union[BuiltinMesh, SliceMesh, KroghMesh, SpheroidMesh, FileMesh],
+                     Field(discriminator="kind")]
+
+# --------------------------------------------------------------------------------------------
+# Tissue
+
+
+class ExpressionField(Spec):
+    """A property given as a NumPy expression of x, y, z, r (µm), in ``unit``."""
+
+    expression: str
+    unit: str = Field(description="unit of the expression's value, e.g. '1/um'")
+
+
+class RandomField(Spec):
+    """A log-normal random field: mean, coefficient of variation, correlation length, seed.
+
+    Reproducible for the same seed on any number of ranks (it is a function of x only).
+    """
+
+    mean: float | str = Field(description="mean value, with unit")
+    cv: float = Field(0.5, ge=0, description="coefficient of variation")
+    correlation_length: Length
+    seed: int = 0
+
+
+PropertyValue = Union[float, str, ExpressionField, RandomField]
+
+
+class RegionTissue(Spec):
+    """Tissue properties of one region (a bare number is in the documented unit)."""
+
+    vascular_density: PropertyValue = Field(0.0, description="S_V, vessel wall area per tissue volume [1/um]")
+    ecm_fraction: PropertyValue = Field(0.0, description="ECM fibre volume fraction phi [-]")
+    caf_density: PropertyValue = Field(0.0, description="activated CAF density rho_CAF [-]")
+
+
+class TissueSpec(Spec):
+    """Tissue of every region; properties per region, as a number, expression or random field."""
+
+    fibre_radius: Quantity("um", "nm", gt=0, description="ECM fibre radius r_f (Ogston)") = 1.5e-3
+    regions: dict[Name, RegionTissue] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Species
+
+
+class BoundaryValue(Spec):
+    """Outer-boundary condition on a facet tag: a fixed value, or Robin -D dc/dn = coeff (c - value)."""
+
+    value: Concentration = 0.0
+    robin: Permeability | None = Field(None, description="Robin exchange coefficient; Dirichlet when absent")
+
+
+class PKSpec(Spec):
+    """Plasma pharmacokinetics: one or two compartments, with first-order elimination."""
+
+    model: Literal["one_compartment", "two_compartment", "constant"] = "one_compartment"
+    half_life: Duration = Field(24.0, description="elimination half-life from the central compartment")
+    volume: Quantity("L", "L", gt=0, description="central volume of distribution") = 40.0
+    k12: Rate = 0.0
+    k21: Rate = 0.0
+    molar_mass: Quantity("g/mol", "g/mol", gt=0) | None = Field(None, description="to read doses in mg")
+    level: Concentration = Field(0.0, description="plasma level of model 'constant'")
+
+
+DrugClass = Literal["dna_damaging", "antimitotic", "targeted", "pgp_inhibitor",
+                    "factor_blocker", "checkpoint_inhibitor"]
+
+
+class DrugSpec(Spec):
+    """A drug: transport, plasma PK, and pharmacodynamics (kill model of MODEL.md §3)."""
+
+    drug_class: DrugClass = Field(alias="class")
+    diffusivity: Diffusivity = Field(description="free diffusivity D0")
+    radius: Quantity("um", "nm", gt=0, description="molecular radius for Ogston hindrance") = 0.5e-3
+    decay: Rate = 0.0
+    uptake: Rate = Field(0.0, description="cellular binding/uptake k per unit cell density")
+    permeability: Permeability = Field(0.0, description="vessel wall permeability P")
+    initial: Concentration = 0.0
+    boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
+    pk: PKSpec = PKSpec()
+    # pharmacodynamics
+    emax: Rate = Field(0.0, description="maximal kill rate E_max")
+    ec50: Concentration = 1.0
+    hill: float = Field(1.0, gt=0)
+    pgp_substrate: bool = False
+    cycle_dependent: bool = False
+    factor_protection: Fraction = Field(0.0, description="pi_max: kill reduction by the CAF factor")
+    target: str | None = Field(None, description="pathway a targeted drug inhibits")
+    pgp_inhibition: Fraction = Field(0.0, description="for pgp_inhibitor: maximal fractional V_max reduction")
+
+
+class SurvivalFactorSpec(Spec):
+    """The CAF-secreted survival factor s (e.g. HGF); defaults after Owen et al. 2011."""
+
+    enabled: bool = True
+    diffusivity: Diffusivity = 17.0 * 3600
+    decay: Rate = 0.6
+    secretion: Quantity("uM/hour", "uM/hour", ge=0, description="sigma_s per unit CAF density") = 0.05
+    uptake: Rate = 0.0
+    half_effect: Concentration = Field(0.01, description="K_s of the protection s/(s+K_s)")
+    initial: Concentration = 0.0
+    boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
+
+
+class OxygenSpec(Spec):
+    """Oxygen, supplied from vessels at a constant blood level; defaults after PhysiCell."""
+
+    enabled: bool = True
+    diffusivity: Diffusivity = 1.0e5 / 60 * 3600
+    blood_level: Concentration = 50.0
+    permeability: Permeability = 3.0
+    consumption: Rate = Field(36.0, description="q_o per unit cell density")
+    decay: Rate = 0.0
+    hypoxia: Concentration = Field(5.0, description="oxygen level of half-maximal proliferation")
+    initial: Concentration | None = Field(None, description="initial level; default blood_level")
+    boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Treatment
+
+
+class Dose(Spec):
+    """A dose (or repeating cycle of doses) of one drug, in time from the start of its line."""
+
+    drug: Name
+    amount: float | str = Field(description="plasma concentration reached (e.g. '5 uM'), or an "
+                                            "amount ('50 mg', '10 umol') given the PK volume")
+    start: Time = 0.0
+    infusion: Duration = Field(0.0, description="infusion duration; 0 = bolus")
+    every: Duration | None = Field(None, description="cycle period")
+    cycles: int = Field(1, ge=1)
+
+
+class Line(Spec):
+    """One line of therapy: a regimen of doses."""
+
+    name: Name
+    regimen: list[Dose] = Field(default_factory=list)
+
+
+class TreatmentSpec(Spec):
+    lines: list[Line] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Time, numerics, outputs
+
+
+class TimeSpec(Spec):
+    """Simulated period and step control."""
+
+    end: Time = Field(description="end of the simulation")
+    dt: Duration = Field(1.0, gt=0, description="largest step")
+    dt_min: Duration = Field(1.0e-3, gt=0, description="smallest step")
+    dt_initial: Duration | None = Field(None, description="first step; default dt")
+
+
+class NumericsSpec(Spec):
+    lumped_mass: bool = True
+    solver: Literal["auto", "jacobi", "amg", "direct"] = "auto"
+    amg_threshold: float = Field(10.0, gt=0, description="'auto' uses AMG when D dt/h^2 exceeds this")
+    rtol: float = Field(1e-10, gt=0, lt=1)
+
+
+class SnapshotSpec(Spec):
+    fields: list[str] = Field(default_factory=lambda: ["total"])
+    times: list[Time] = Field(default_factory=list, description="default: the end time")
+
+
+class OutputSpec(Spec):
+    every: Duration | None = Field(None, description="field output interval; default end/20")
+    snapshots: SnapshotSpec = SnapshotSpec()
+    plots: bool = True
+
+
+class Scenario(Spec):
+    """A complete scenario: what is simulated, on what tissue, with which treatment."""
+
+    name: Name
+    description: str = ""
+    mesh: MeshSpec
+    tissue: TissueSpec = TissueSpec()
+    drugs: dict[Name, DrugSpec] = Field(default_factory=dict)
+    survival_factor: SurvivalFactorSpec = SurvivalFactorSpec(enabled=False)
+    oxygen: OxygenSpec = OxygenSpec(enabled=False)
+    treatment: TreatmentSpec = TreatmentSpec()
+    time: TimeSpec
+    numerics: NumericsSpec = NumericsSpec()
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _references(self):
+        for i, line in enumerate(self.treatment.lines):
+            for k, dose in enumerate(line.regimen):
+                if dose.drug not in self.drugs:
+                    raise ValueError(_at(f"treatment.lines.{i}.regimen.{k}.drug",
+                                         f"unknown drug {dose.drug!r}; defined drugs: {_choices(self.drugs)}"))
+        return self
+
+
+def _choices(names) -> str:
+    names = sorted(names)
+    return ", ".join(names) if names else "(none)"
+
+
+def _at(path: str, msg: str) -> str:
+    """Mark a cross-reference error with its key path (read back by :func:`_format`)."""
+    return f"@{path}@ {msg}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and error messages
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
+    """Read, override (``key.path=value``) and validate a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ScenarioError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario is a YAML mapping of sections (name, mesh, time, ...)")
+    for item in overrides:
+        apply_override(data, item)
+    return validate(data, source=str(path), base_dir=path.parent)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply ``key.path=value`` (value read as YAML) to a raw scenario mapping in place."""
+    if "=" not in item:
+        raise ScenarioError(f"--set {item!r}: expected key.path=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ScenarioError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' is not an index of a list of {len(node)}") from None
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ScenarioError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' is a value, not a section")
+    parsed = yaml.safe_load(value)
+    if isinstance(node, list):
+        try:
+            node[int(parts[-1])] = parsed
+        except (ValueError, IndexError):
+            raise ScenarioError(f"--set {key}: '{parts[-1]}' is not an index of a list of {len(node)}") from None
+    else:
+        node[parts[-1]] = parsed
+
+
+def validate(data: dict, source: str = "scenario", base_dir: Path | None = None) -> Scenario:
+    try:
+        scenario = Scenario.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {_format(exc)}") from None
+    if base_dir is not None and isinstance(scenario.mesh, FileMesh) and not scenario.mesh.path.is_absolute():
+        scenario = scenario.model_copy(update={"mesh": scenario.mesh.model_copy(
+            update={"path": (base_dir / scenario.mesh.path)})})
+    return scenario
+
+
+def _format(exc: ValidationError) -> str:
+    """One line naming the key path of the first error and what would be valid."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    # drop the discriminator tag pydantic inserts into union paths (e.g. 'mesh.rectangle.size')
+    tags = [p for p in loc if p not in _strip_union_tags(loc)]
+    loc = _strip_union_tags(loc)
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if msg.startswith("@"):
+        path, msg = msg[1:].split("@ ", 1)
+        return f"{path}: {msg}"
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _valid_keys(loc[:-1], tags)
+        hint = difflib.get_close_matches(loc[-1], valid, n=1)
+        did = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"{key}: unknown key{did}; valid keys here: {', '.join(valid)}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    if err["type"] == "union_tag_invalid":
+        return f"{key}: {msg}"
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) or err["type"] == "value_error" else f" (got {value!r})"
+    return f"{key}: {msg}{shown}"
+
+
+def _strip_union_tags(loc: list[str]) -> list[str]:
+    out, model = [], Scenario
+    for part in loc:
+        if model is not None and _is_tag(model, out, part):
+            continue
+        out.append(part)
+    return out
+
+
+def _is_tag(model, path, part) -> bool:
+    ann = _annotation_at(path)
+    args = typing.get_args(ann)
+    if args and typing.get_origin(ann) is Annotated:
+        ann = args[0]
+    members = typing.get_args(ann) if typing.get_origin(ann) is Union else ()
+    tags = set()
+    for m in members:
+        f = getattr(m, "model_fields", {}).get("kind")
+        if f is not None:
+            tags.update(typing.get_args(f.annotation))
+    return part in tags
+
+
+def _annotation_at(path: list[str]):
+    """The annotation of the field at a key path of the scenario, or None."""
+    ann: Any = Scenario
+    for part in path:
+        ann = _unwrap(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(part) or next(
+                (f for f in ann.model_fields.values() if f.alias == part), None)
+            if field is None:
+                return None
+            ann = field.annotation
+        elif typing.get_origin(ann) in (dict, list):
+            ann = typing.get_args(ann)[-1]
+        else:
+            return None
+    return ann
+
+
+def _unwrap(ann):
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is Annotated:
+            ann = typing.get_args(ann)[0]
+        elif origin is Union:
+            models = [a for a in typing.get_args(ann) if a is not type(None)]
+            if len(models) != 1:
+                return ann
+            ann = models[0]
+        else:
+            return ann
+
+
+def _valid_keys(path: list[str], tags: list[str] = ()) -> list[str]:
+    ann = _unwrap(_annotation_at(path))
+    if typing.get_origin(ann) is Union:  # a discriminated union: the keys of the chosen member
+        keys = set()
+        for m in typing.get_args(ann):
+            kind = getattr(m, "model_fields", {}).get("kind")
+            if kind is not None and (not tags or set(typing.get_args(kind.annotation)) & set(tags)):
+                keys.update(f.alias or n for n, f in m.model_fields.items())
+        return sorted(keys)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [f.alias or n for n, f in ann.model_fields.items()]
+    return []
+
+
+def resolved_yaml(scenario: Scenario) -> str:
+    """The scenario with every default filled in and every quantity written with its unit."""
+    data = scenario.model_dump(mode="json", by_alias=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def json_schema() -> dict:
+    return Scenario.model_json_schema(by_alias=True)
