@@ -16,23 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from .units import (Concentration, Diffusivity, Duration, Fraction, Length, Permeability,
-                    Quantity, Rate, SurfaceDensity, Time)
+from .drugs import Dose, DrugSpec
+from .spec import BoundaryValue, Name, ScenarioError, Spec, at
+from .units import Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time
 
-
-class ScenarioError(ValueError):
-    """A scenario (or mesh, or command-line value) that cannot be used; the message is one line."""
-
-
-class Spec(BaseModel):
-    """Base of every scenario section: frozen, unknown keys forbidden."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 # --------------------------------------------------------------------------------------------
 # Mesh
@@ -160,52 +149,6 @@ class TissueSpec(Spec):
 # Species
 
 
-class BoundaryValue(Spec):
-    """Outer-boundary condition on a facet tag: a fixed value, or Robin -D dc/dn = coeff (c - value)."""
-
-    value: Concentration = 0.0
-    robin: Permeability | None = Field(None, description="Robin exchange coefficient; Dirichlet when absent")
-
-
-class PKSpec(Spec):
-    """Plasma pharmacokinetics: one or two compartments, with first-order elimination."""
-
-    model: Literal["one_compartment", "two_compartment", "constant"] = "one_compartment"
-    half_life: Duration = Field(24.0, description="elimination half-life from the central compartment")
-    volume: Quantity("L", "L", gt=0, description="central volume of distribution") = 40.0
-    k12: Rate = 0.0
-    k21: Rate = 0.0
-    molar_mass: Quantity("g/mol", "g/mol", gt=0) | None = Field(None, description="to read doses in mg")
-    level: Concentration = Field(0.0, description="plasma level of model 'constant'")
-
-
-DrugClass = Literal["dna_damaging", "antimitotic", "targeted", "pgp_inhibitor",
-                    "factor_blocker", "checkpoint_inhibitor"]
-
-
-class DrugSpec(Spec):
-    """A drug: transport, plasma PK, and pharmacodynamics (kill model of MODEL.md §3)."""
-
-    drug_class: DrugClass = Field(alias="class")
-    diffusivity: Diffusivity = Field(description="free diffusivity D0")
-    radius: Quantity("um", "nm", gt=0, description="molecular radius for Ogston hindrance") = 0.5e-3
-    decay: Rate = 0.0
-    uptake: Rate = Field(0.0, description="cellular binding/uptake k per unit cell density")
-    permeability: Permeability = Field(0.0, description="vessel wall permeability P")
-    initial: Concentration = 0.0
-    boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
-    pk: PKSpec = PKSpec()
-    # pharmacodynamics
-    emax: Rate = Field(0.0, description="maximal kill rate E_max")
-    ec50: Concentration = 1.0
-    hill: float = Field(1.0, gt=0)
-    pgp_substrate: bool = False
-    cycle_dependent: bool = False
-    factor_protection: Fraction = Field(0.0, description="pi_max: kill reduction by the CAF factor")
-    target: str | None = Field(None, description="pathway a targeted drug inhibits")
-    pgp_inhibition: Fraction = Field(0.0, description="for pgp_inhibitor: maximal fractional V_max reduction")
-
-
 class SurvivalFactorSpec(Spec):
     """The CAF-secreted survival factor s (e.g. HGF); defaults after Owen et al. 2011."""
 
@@ -235,18 +178,6 @@ class OxygenSpec(Spec):
 
 # --------------------------------------------------------------------------------------------
 # Treatment
-
-
-class Dose(Spec):
-    """A dose (or repeating cycle of doses) of one drug, in time from the start of its line."""
-
-    drug: Name
-    amount: float | str = Field(description="plasma concentration reached (e.g. '5 uM'), or an "
-                                            "amount ('50 mg', '10 umol') given the PK volume")
-    start: Time = 0.0
-    infusion: Duration = Field(0.0, description="infusion duration; 0 = bolus")
-    every: Duration | None = Field(None, description="cycle period")
-    cycles: int = Field(1, ge=1)
 
 
 class Line(Spec):
@@ -311,7 +242,7 @@ class Scenario(Spec):
         for i, line in enumerate(self.treatment.lines):
             for k, dose in enumerate(line.regimen):
                 if dose.drug not in self.drugs:
-                    raise ValueError(_at(f"treatment.lines.{i}.regimen.{k}.drug",
+                    raise ValueError(at(f"treatment.lines.{i}.regimen.{k}.drug",
                                          f"unknown drug {dose.drug!r}; defined drugs: {_choices(self.drugs)}"))
         return self
 
@@ -319,11 +250,6 @@ class Scenario(Spec):
 def _choices(names) -> str:
     names = sorted(names)
     return ", ".join(names) if names else "(none)"
-
-
-def _at(path: str, msg: str) -> str:
-    """Mark a cross-reference error with its key path (read back by :func:`_format`)."""
-    return f"@{path}@ {msg}"
 
 
 # --------------------------------------------------------------------------------------------

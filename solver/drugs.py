@@ -1,0 +1,65 @@
+"""Drugs: transport parameters, plasma pharmacokinetics and pharmacodynamics, and doses.
+
+Every quantity is held in the base units of :mod:`solver.units` (µm, hour, µM).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .spec import BoundaryValue, Name, Spec
+from .units import (Concentration, Diffusivity, Duration, Fraction, Permeability, Quantity, Rate,
+                    Time)
+
+
+class PKSpec(Spec):
+    """Plasma pharmacokinetics: one or two compartments, with first-order elimination."""
+
+    model: Literal["one_compartment", "two_compartment", "constant"] = "one_compartment"
+    half_life: Duration = Field(24.0, description="elimination half-life from the central compartment")
+    volume: Quantity("L", "L", gt=0, description="central volume of distribution") = 40.0
+    k12: Rate = 0.0
+    k21: Rate = 0.0
+    molar_mass: Quantity("g/mol", "g/mol", gt=0) | None = Field(None, description="to read doses in mg")
+    level: Concentration = Field(0.0, description="plasma level of model 'constant'")
+
+
+DrugClass = Literal["dna_damaging", "antimitotic", "targeted", "pgp_inhibitor",
+                    "factor_blocker", "checkpoint_inhibitor"]
+
+
+class DrugSpec(Spec):
+    """A drug: transport, plasma PK, and pharmacodynamics (kill model of MODEL.md §3)."""
+
+    drug_class: DrugClass = Field(alias="class")
+    diffusivity: Diffusivity = Field(description="free diffusivity D0")
+    radius: Quantity("um", "nm", gt=0, description="molecular radius for Ogston hindrance") = 0.5e-3
+    decay: Rate = 0.0
+    uptake: Rate = Field(0.0, description="cellular binding/uptake k per unit cell density")
+    permeability: Permeability = Field(0.0, description="vessel wall permeability P")
+    initial: Concentration = 0.0
+    boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
+    pk: PKSpec = PKSpec()
+    # pharmacodynamics
+    emax: Rate = Field(0.0, description="maximal kill rate E_max")
+    ec50: Concentration = 1.0
+    hill: float = Field(1.0, gt=0)
+    pgp_substrate: bool = False
+    cycle_dependent: bool = False
+    factor_protection: Fraction = Field(0.0, description="pi_max: kill reduction by the CAF factor")
+    target: str | None = Field(None, description="pathway a targeted drug inhibits")
+    pgp_inhibition: Fraction = Field(0.0, description="for pgp_inhibitor: maximal fractional V_max reduction")
+
+
+class Dose(Spec):
+    """A dose (or repeating cycle of doses) of one drug, in time from the start of its line."""
+
+    drug: Name
+    amount: float | str = Field(description="plasma concentration reached (e.g. '5 uM'), or an "
+                                            "amount ('50 mg', '10 umol') given the PK volume")
+    start: Time = 0.0
+    infusion: Duration = Field(0.0, description="infusion duration; 0 = bolus")
+    every: Duration | None = Field(None, description="cycle period")
+    cycles: int = Field(1, ge=1)
