@@ -154,6 +154,7 @@ class SurvivalFactorSpec(Spec):
 
     enabled: bool = True
     diffusivity: Diffusivity = 17.0 * 3600
+    radius: Quantity("um", "nm", gt=0, description="molecular radius (HGF ~ 3.5 nm)") = 3.5e-3
     decay: Rate = 0.6
     secretion: Quantity("uM/hour", "uM/hour", ge=0, description="sigma_s per unit CAF density") = 0.05
     uptake: Rate = 0.0
@@ -167,6 +168,7 @@ class OxygenSpec(Spec):
 
     enabled: bool = True
     diffusivity: Diffusivity = 1.0e5 / 60 * 3600
+    radius: Quantity("um", "nm", gt=0, description="molecular radius") = 0.15e-3
     blood_level: Concentration = 50.0
     permeability: Permeability = 3.0
     consumption: Rate = Field(36.0, description="q_o per unit cell density")

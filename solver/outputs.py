@@ -1,0 +1,195 @@
+"""What a run writes: fields for ParaView, time series, summary, plots and snapshots.
+
+Every writer is collective where it must be (XDMF, snapshots gather to rank 0) and writes files
+from rank 0 otherwise. Files are flushed as the run goes, so a run stopped by an error leaves
+valid, readable outputs up to its last completed step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from .spec import ScenarioError
+
+
+def prepare_directory(out: Path, comm, overwrite: bool) -> Path:
+    """Create ``out``; a non-empty directory is refused unless ``overwrite``.
+
+    With ``overwrite`` only the files a run writes are removed, never anything else a user keeps
+    there.
+    """
+    out = Path(out)
+    err = None
+    if comm.rank == 0:
+        if out.exists() and not out.is_dir():
+            err = f"--out {out}: exists and is not a directory"
+        elif out.is_dir() and any(out.iterdir()):
+            if not overwrite:
+                err = (f"--out {out}: directory is not empty; choose another --out or pass --overwrite "
+                       f"to replace the results in it")
+            else:
+                for name in RUN_FILES:
+                    p = out / name
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+        if err is None:
+            out.mkdir(parents=True, exist_ok=True)
+    err = comm.bcast(err, root=0)
+    if err:
+        raise ScenarioError(err)
+    return out
+
+
+#: Files and folders a run owns in its output directory (removed by --overwrite).
+RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields.h5", "timeseries.csv", "summary.json",
+             "events.csv", "events.json", "plots", "snapshots")
+
+
+class FieldWriter:
+    """An XDMF time series (``fields.xdmf`` + ``fields.h5``) that ParaView opens."""
+
+    def __init__(self, path: Path, mesh, static: list = ()):
+        from dolfinx import io
+
+        self.file = io.XDMFFile(mesh.comm, str(path), "w")
+        self.file.write_mesh(mesh)
+        self.static = list(static)
+        self.count = 0
+
+    def write(self, functions: list, t: float):
+        for f in list(functions) + self.static:
+            self.file.write_function(f, t)
+        self.count += 1
+
+    def close(self):
+        self.file.close()
+
+
+class TimeSeries:
+    """``timeseries.csv``: one row per step, flushed at once (rank 0 writes)."""
+
+    def __init__(self, path: Path, columns: list[str], comm):
+        self.columns = columns
+        self.rank0 = comm.rank == 0
+        self.rows: list[dict] = []
+        if self.rank0:
+            self._fh = open(path, "w", newline="")
+            self._w = csv.DictWriter(self._fh, fieldnames=columns)
+            self._w.writeheader()
+            self._fh.flush()
+
+    def add(self, row: dict):
+        self.rows.append(row)
+        if self.rank0:
+            self._w.writerow({k: _fmt(row.get(k, "")) for k in self.columns})
+            self._fh.flush()
+
+    def close(self):
+        if self.rank0:
+            self._fh.close()
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else str(v)
+    return v
+
+
+def write_json(path: Path, data: dict, comm):
+    if comm.rank == 0:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        os.replace(tmp, path)
+
+
+def plot_series(path: Path, t_hours: np.ndarray, series: dict[str, np.ndarray], ylabel: str, title: str,
+                markers: list[tuple[float, str]] = (), logy: bool = False):
+    """A line plot of several series against time in days (rank 0 only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    days = np.asarray(t_hours) / 24.0
+    for name, y in series.items():
+        ax.plot(days, y, label=name, lw=1.8 if name in ("total", "burden") else 1.2)
+    for t, label in markers:
+        ax.axvline(t / 24.0, color="0.6", lw=0.8, ls=":")
+    ax.set_xlabel("time [day]")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _start_xvfb():
+    import pyvista
+
+    if os.environ.get("DISPLAY"):
+        return
+    try:
+        pyvista.start_xvfb()
+    except OSError:
+        pass
+
+
+def snapshot(path: Path, functions: list, t: float, comm):
+    """Off-screen pictures of P1 fields at time t, one panel per field (collective).
+
+    Each rank sends its owned part of the mesh and values to rank 0, which renders.
+    """
+    from dolfinx import plot
+
+    pieces = []
+    for f in functions:
+        V = f.function_space
+        cells, types, x = plot.vtk_mesh(V)
+        pieces.append((cells, types, x, f.x.array.real.copy(), f.name))
+    gathered = comm.gather(pieces, root=0)
+    if comm.rank != 0:
+        return
+    import pyvista
+
+    _start_xvfb()
+    pyvista.OFF_SCREEN = True
+    n = len(functions)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    pl = pyvista.Plotter(off_screen=True, shape=(rows, cols), window_size=(420 * cols, 380 * rows))
+    for i in range(n):
+        grids = []
+        for rank_pieces in gathered:
+            cells, types, x, values, name = rank_pieces[i]
+            g = pyvista.UnstructuredGrid(cells, types, x)
+            g.point_data[name] = values[: x.shape[0]]
+            grids.append(g)
+        grid = grids[0] if len(grids) == 1 else pyvista.merge(grids)
+        name = gathered[0][i][4]
+        pl.subplot(i // cols, i % cols)
+        pl.add_mesh(grid, scalars=name, cmap="viridis", show_edges=False,
+                    scalar_bar_args={"title": name, "vertical": False, "title_font_size": 12})
+        pl.add_text(f"{name}  t = {t / 24:.2f} d", font_size=9)
+        if np.allclose(grid.points[:, 2], 0.0):
+            pl.view_xy()
+        else:
+            pl.view_isometric()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.screenshot(str(path))
+    pl.close()

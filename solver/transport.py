@@ -1,0 +1,325 @@
+"""Transport of drugs, survival factor and oxygen through tissue (MODEL.md §2, §5).
+
+Each species c obeys, on P1 Lagrange elements with backward Euler,
+
+    (c^{n+1} - c^n)/dt = div(D(x) grad c^{n+1}) + P S_V(x) (Cp - c^{n+1}) - (lam + k N_tot) c^{n+1} + q(x)
+
+with the vessel-wall Robin condition -D dc/dn = P (Cp - c) on `vessel_wall` facets, zero flux
+by default on the outer boundary, or a Dirichlet/Robin value per facet tag. Cp is the mean plasma
+level over the step, so a step conserves the exact dosed amount whatever its length.
+
+Why it is cheap per step: every term but diffusion is lumped (diagonal), so the system matrix is
+A = K + diag(d) with K = the stiffness matrix of D(x), assembled ONCE per species, and d a vector
+that changes with dt and N_tot. A step writes the new diagonal into A (O(n), no assembly), builds
+the right-hand side from precomputed vectors (no assembly), and solves with a KSP that keeps its
+preconditioner while only N_tot moved. Lumping also keeps the scheme positive (an M-matrix on
+non-obtuse meshes) and is what makes the transport mass balance exact per step.
+
+Units: µm, hour, µM (see :mod:`solver.units`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import ufl
+from dolfinx import fem
+from dolfinx.fem import petsc as fem_petsc
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from .spec import BoundaryValue
+
+
+@dataclass
+class Counters:
+    """How often the expensive operations ran: the time loop must not add to them."""
+
+    form_compilations: int = 0
+    matrix_assemblies: int = 0
+    vector_assemblies: int = 0
+    pc_setups: int = 0
+
+    def snapshot(self) -> dict:
+        return dict(self.__dict__)
+
+
+COUNTERS = Counters()
+
+
+def compile_form(expr) -> fem.Form:
+    COUNTERS.form_compilations += 1
+    return fem.form(expr)
+
+
+def assemble_vector(form: fem.Form) -> PETSc.Vec:
+    """Assemble a linear form into a PETSc vector with owned entries summed across ranks."""
+    COUNTERS.vector_assemblies += 1
+    vec = fem_petsc.assemble_vector(form)
+    vec.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+    return vec
+
+
+@dataclass
+class SpeciesModel:
+    """What the transport layer needs to know of one species (all in base units).
+
+    diffusivity: UFL expression or Function, µm²/h (Ogston hindrance already applied).
+    decay: λ [1/h]; uptake: k [1/h per unit cell density]; permeability: P [µm/h], used for the
+    continuum vessel source P S_V (Cp − c) and the Robin vessel walls.
+    vascular_density: S_V [1/µm] as a DG0 Function or None; source: q(x) [µM/h] or None.
+    plasma: callable (t0, t1) -> mean plasma level over [t0, t1] in µM, or None (no vessels).
+    boundary: outer-boundary values per facet name (Dirichlet, or Robin when `robin` is set).
+    wall_facets: facet tag values of the vessel walls (Robin with P and the plasma level).
+    """
+
+    name: str
+    diffusivity: object
+    decay: float = 0.0
+    uptake: float = 0.0
+    permeability: float = 0.0
+    vascular_density: object | None = None
+    source: object | None = None
+    plasma: Callable[[float, float], float] | None = None
+    boundary: dict[str, BoundaryValue] = field(default_factory=dict)
+    boundary_facets: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    wall_facets: tuple[int, ...] = ()
+    initial: float | Callable = 0.0
+    # an extra time-dependent source: a callable (test function, dx, ds) -> UFL linear form,
+    # re-assembled every step (manufactured solutions only; scenarios never set it)
+    time_source: Callable | None = None
+
+
+class SpeciesSolver:
+    """Backward-Euler stepper of one species on a P1 space (see the module docstring)."""
+
+    def __init__(self, model: SpeciesModel, V: fem.FunctionSpace, facet_tags, *, lumped: bool = True,
+                 solver: str = "auto", amg_threshold: float = 10.0, rtol: float = 1e-10,
+                 cell_size: float | None = None, prefix: str | None = None):
+        self.model, self.V = model, V
+        self.mesh = V.mesh
+        self.comm = self.mesh.comm
+        self.lumped = lumped
+        self.solver_choice, self.amg_threshold, self.rtol = solver, amg_threshold, rtol
+        self.c = fem.Function(V, name=model.name)
+        self._set_initial(model.initial)
+        u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+        dx = ufl.dx(domain=self.mesh)
+        ds = ufl.Measure("ds", domain=self.mesh, subdomain_data=facet_tags)
+
+        def ds_of(tags):
+            return sum((ds(int(t)) for t in tags[1:]), ds(int(tags[0])))
+
+        # Dirichlet values on outer tags; Robin values (coefficient, value) on others.
+        self.bcs, robin = [], []
+        fdim = self.mesh.topology.dim - 1
+        for name, bv in model.boundary.items():
+            tags = model.boundary_facets[name]
+            if bv.robin is None:
+                facets = np.concatenate([facet_tags.find(int(t)) for t in tags]) if tags else np.empty(0, np.int32)
+                dofs = fem.locate_dofs_topological(V, fdim, facets)
+                self.bcs.append(fem.dirichletbc(PETSc.ScalarType(bv.value), dofs, V))
+            else:
+                robin.append((bv, tags))
+
+        # Stiffness matrix: the only matrix ever assembled for this species.
+        k_form = compile_form(ufl.inner(model.diffusivity * ufl.grad(u), ufl.grad(v)) * dx)
+        self.A = fem_petsc.assemble_matrix(k_form, bcs=self.bcs)
+        self.A.assemble()
+        COUNTERS.matrix_assemblies += 1
+        self.K_diag = self.A.getDiagonal()
+        # Lifting of the (constant) Dirichlet values, once.
+        self.lift = self.c.x.petsc_vec.duplicate()  # ghosted, as apply_lifting needs
+        self.lift.set(0.0)
+        if self.bcs:
+            fem_petsc.apply_lifting(self.lift, [k_form], bcs=[self.bcs])
+            self.lift.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        self.bc_rows = np.concatenate([bc.dof_indices()[0][: bc.dof_indices()[1]] for bc in self.bcs]) \
+            if self.bcs else np.empty(0, dtype=np.int32)
+        self.bc_values = np.concatenate([np.full(bc.dof_indices()[1], float(bc.g.value)) for bc in self.bcs]) \
+            if self.bcs else np.empty(0)
+
+        # Lumped (diagonal) vectors, each a row sum of a weighted mass matrix.
+        one = fem.Constant(self.mesh, PETSc.ScalarType(1.0))
+        self.m = assemble_vector(compile_form(one * v * dx)).array.copy()
+        self.exchange = np.zeros_like(self.m)  # P S_V (volume) + P (vessel walls): multiplies (Cp - c)
+        if model.vascular_density is not None and model.permeability > 0:
+            self.exchange += model.permeability * assemble_vector(
+                compile_form(model.vascular_density * v * dx)).array
+        if model.wall_facets and model.permeability > 0:
+            self.exchange += model.permeability * assemble_vector(
+                compile_form(one * v * ds_of(model.wall_facets))).array
+        self.robin_coeff = np.zeros_like(self.m)
+        self.robin_source = np.zeros_like(self.m)
+        for bv, tags in robin:
+            w = assemble_vector(compile_form(one * v * ds_of(tags))).array
+            self.robin_coeff += bv.robin * w
+            self.robin_source += bv.robin * bv.value * w
+        self.source = np.zeros_like(self.m)
+        if model.source is not None:
+            self.source += assemble_vector(compile_form(model.source * v * dx)).array
+        self.time_source_form = (compile_form(model.time_source(v, dx, ds))
+                                 if model.time_source is not None else None)
+        self.free = np.ones_like(self.m, dtype=bool)
+        self.free[self.bc_rows[self.bc_rows < self.m.size]] = False
+        # the consistent mass (lumped_mass: false) enters the matrix; it needs its own copy of K
+        self.M = None
+        if not lumped:
+            self.M = fem_petsc.assemble_matrix(compile_form(u * v * dx), bcs=self.bcs, diagonal=0.0)
+            self.M.assemble()
+            COUNTERS.matrix_assemblies += 1
+            self.K = self.A.copy()
+            self.M_diag = self.M.getDiagonal()
+
+        self.h = cell_size
+        self.D_max = self._max_diffusivity()
+        self.ksp = PETSc.KSP().create(self.comm)
+        self.ksp.setOptionsPrefix(prefix or f"tme_{model.name}_")
+        self.ksp.setOperators(self.A)
+        self._dt = None
+        self._diag = self.A.createVecLeft()
+        self.b = self.A.createVecLeft()
+        self.iterations = 0
+        self.last = {}
+
+    # ----------------------------------------------------------------------------------------
+    def _set_initial(self, initial):
+        if callable(initial):
+            self.c.interpolate(initial)
+        else:
+            self.c.x.array[:] = float(initial)
+
+    def _max_diffusivity(self) -> float:
+        D = self.model.diffusivity
+        if isinstance(D, fem.Function):
+            local = float(np.max(D.x.array)) if D.x.array.size else 0.0
+        elif isinstance(D, fem.Constant):
+            local = float(D.value)
+        elif isinstance(D, (int, float)):
+            local = float(D)
+        else:  # a UFL expression: its peak over the cells, through a DG0 projection by interpolation
+            W = fem.functionspace(self.mesh, ("DG", 0))
+            f = fem.Function(W)
+            f.interpolate(fem.Expression(D, W.element.interpolation_points()))
+            local = float(np.max(f.x.array)) if f.x.array.size else 0.0
+        return self.comm.allreduce(local, op=MPI.MAX)
+
+    def _configure_solver(self, dt: float):
+        opts = PETSc.Options()
+        p = self.ksp.getOptionsPrefix()
+        choice = self.solver_choice
+        if choice == "auto":
+            ratio = self.D_max * dt / self.h ** 2 if self.h else 0.0
+            choice = "amg" if ratio > self.amg_threshold else "jacobi"
+        self.pc_kind = choice
+        if choice == "direct":
+            opts[p + "ksp_type"] = "preonly"
+            opts[p + "pc_type"] = "lu"
+        else:
+            opts[p + "ksp_type"] = "cg"
+            if choice == "amg":
+                # the tuned BoomerAMG of PERFORMANCE-NOTES.md: 2–3x cheaper than its defaults
+                opts[p + "pc_type"] = "hypre"
+                opts[p + "pc_hypre_type"] = "boomeramg"
+                opts[p + "pc_hypre_boomeramg_strong_threshold"] = 0.5
+                opts[p + "pc_hypre_boomeramg_coarsen_type"] = "HMIS"
+                opts[p + "pc_hypre_boomeramg_interp_type"] = "ext+i"
+                opts[p + "pc_hypre_boomeramg_P_max"] = 4
+                opts[p + "pc_hypre_boomeramg_agg_nl"] = 1
+            else:
+                opts[p + "pc_type"] = "jacobi"
+        opts[p + "ksp_rtol"] = self.rtol
+        opts[p + "ksp_atol"] = 1e-30
+        opts[p + "ksp_max_it"] = 10000
+        self.ksp.setFromOptions()
+        self.ksp.setInitialGuessNonzero(choice != "direct")
+        self.ksp.getPC().setReusePreconditioner(False)
+
+    def diagonal(self, dt: float, n_tot: np.ndarray | None) -> np.ndarray:
+        """The lumped diagonal terms of the step matrix (owned dofs)."""
+        m = self.model
+        d = self.exchange + self.robin_coeff + m.decay * self.m
+        if self.M is None:
+            d = d + self.m / dt
+        if m.uptake and n_tot is not None:
+            d = d + m.uptake * self.m * n_tot[: self.m.size]
+        d[~self.free] = 0.0
+        return d
+
+    def step(self, t0: float, t1: float, n_tot: np.ndarray | None = None) -> int:
+        """Advance c from t0 to t1 (backward Euler); n_tot: cell density at owned+ghost dofs."""
+        dt = t1 - t0
+        new_dt = dt != self._dt
+        if new_dt:
+            if self.M is not None:
+                # A = K + M/dt; same sparsity, so a copy and an AXPY, not an assembly
+                self.K.copy(self.A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+                self.A.axpy(1.0 / dt, self.M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+                self.base_diag = self.K_diag.array + self.M_diag.array / dt
+            else:
+                self.base_diag = self.K_diag.array.copy()
+            self._configure_solver(dt)
+        self._diag.array[:] = self.base_diag + self.diagonal(dt, n_tot)
+        self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
+        # Re-use the preconditioner while only N_tot moved: its hierarchy stays a good one.
+        self.ksp.getPC().setReusePreconditioner(not new_dt and self.pc_kind == "amg")
+        if new_dt or self.pc_kind != "amg":
+            COUNTERS.pc_setups += 1
+        self._dt = dt
+
+        cp = self.model.plasma(t0, t1) if self.model.plasma is not None else 0.0
+        b = self.b.array
+        n = self.m.size
+        c_old = self.c.x.array[:n]
+        if self.M is None:
+            b[:] = self.m / dt * c_old
+        else:
+            tmp = self.M.createVecRight()
+            tmp.array[:] = c_old
+            self.M.mult(tmp, self.b)
+            b[:] = self.b.array / dt
+        b += cp * self.exchange + self.robin_source + self.source + self.lift.array
+        if self.time_source_form is not None:
+            b += assemble_vector(self.time_source_form).array
+        b[self.bc_rows[self.bc_rows < n]] = self.bc_values[self.bc_rows < n]
+        self.ksp.solve(self.b, self.c.x.petsc_vec)
+        reason = self.ksp.getConvergedReason()
+        if reason < 0:
+            raise RuntimeError(f"{self.model.name}: linear solver diverged at t={t1:g} h "
+                               f"(PETSc reason {reason}); try a smaller time.dt")
+        self.c.x.scatter_forward()
+        self.iterations = self.ksp.getIterationNumber()
+        self.last = {"t0": t0, "t1": t1, "plasma": cp, "c_old": c_old.copy(), "n_tot": None if n_tot is None else n_tot[:n].copy()}
+        return self.iterations
+
+    # ----------------------------------------------------------------------------------------
+    def total(self) -> float:
+        """∫ c dx with the lumped mass (µM·µm^d), the amount the scheme conserves."""
+        n = self.m.size
+        return self.comm.allreduce(float(self.m @ self.c.x.array[:n]), op=MPI.SUM)
+
+    def balance(self) -> dict:
+        """Amounts over the last step: change, vessel inflow, uptake, decay, boundary outflow.
+
+        change = inflow − uptake − decay − outflow + source holds to solver tolerance (lumped mass,
+        no Dirichlet boundary).
+        """
+        if self.bcs or self.M is not None:
+            raise ValueError("the balance is defined for lumped mass without Dirichlet boundaries")
+        L = self.last
+        dt = L["t1"] - L["t0"]
+        n = self.m.size
+        c = self.c.x.array[:n]
+        m = self.model
+        uptake = m.uptake * self.m * L["n_tot"] if (m.uptake and L["n_tot"] is not None) else 0.0 * c
+        parts = {
+            "change": float(self.m @ (c - L["c_old"])),
+            "inflow": dt * float(self.exchange @ (L["plasma"] - c)),
+            "uptake": dt * float(np.sum(uptake * c)),
+            "decay": dt * m.decay * float(self.m @ c),
+            "outflow": dt * float(self.robin_coeff @ c - self.robin_source.sum()),
+            "source": dt * float(self.source.sum()),
+        }
+        return {k: self.comm.allreduce(v, op=MPI.SUM) for k, v in parts.items()}

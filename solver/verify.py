@@ -1,0 +1,330 @@
+"""Verification of the transport layer against closed forms (MODEL.md §6): ``tme verify``.
+
+Each case solves a problem whose exact solution is known, on a sequence of meshes, and reports
+the error and the observed order of convergence. Steady problems are reached with backward-Euler
+steps so long (dt = 1e9 h) that the step IS the steady solve of the same matrices the time loop
+uses. Lengths in µm, time in hours, concentrations in µM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import ufl
+from dolfinx import fem, mesh as dmesh
+from mpi4py import MPI
+from scipy import special
+
+from . import meshes
+from .scenario import BuiltinMesh, KroghMesh, RegionRule, SpheroidMesh
+from .spec import BoundaryValue
+from .tissue import hindrance
+from .transport import SpeciesModel, SpeciesSolver
+
+STEADY = 1.0e9  # h: one backward-Euler step this long is a steady solve
+
+
+@dataclass
+class Result:
+    """One verification case: errors per mesh, observed orders, and the verdict."""
+
+    case: str
+    sizes: list = field(default_factory=list)  # number of cells across (or h)
+    errors: list = field(default_factory=list)
+    measure: str = "rel L2"
+    threshold: str = ""
+    passed: bool = False
+    note: str = ""
+
+    @property
+    def orders(self) -> list[float]:
+        out = []
+        for (h0, e0), (h1, e1) in zip(zip(self.sizes, self.errors), zip(self.sizes[1:], self.errors[1:])):
+            out.append(math.log(e0 / e1) / math.log(h0 / h1) if e1 > 0 and e0 > 0 else float("nan"))
+        return out
+
+
+def _l2(comm, expr) -> float:
+    return math.sqrt(comm.allreduce(fem.assemble_scalar(fem.form(expr)), op=MPI.SUM))
+
+
+def _rel_l2(c: fem.Function, exact_ufl, degree_raise: int = 3) -> float:
+    dx = ufl.dx(metadata={"quadrature_degree": 4 + degree_raise})
+    comm = c.function_space.mesh.comm
+    return _l2(comm, (c - exact_ufl) ** 2 * dx) / _l2(comm, exact_ufl ** 2 * dx)
+
+
+def _steady(model: SpeciesModel, domain: meshes.Domain, solver="direct") -> fem.Function:
+    V = fem.functionspace(domain.mesh, ("Lagrange", 1))
+    s = SpeciesSolver(model, V, domain.facet_tags, solver=solver, rtol=1e-12, cell_size=domain.cell_size())
+    s.step(0.0, STEADY)
+    s.step(STEADY, 2 * STEADY)  # removes the trace of the initial value (1e-9 relative)
+    return s.c
+
+
+# --------------------------------------------------------------------------------------------
+def slab(comm, n_list=(25, 50, 100)) -> Result:
+    """−D c'' + k c = 0, c(0) = c0, c'(L) = 0: c = c0 cosh((L−x)/λ)/cosh(L/λ); max nodal error."""
+    L, D, k, c0 = 300.0, 1000.0, 0.1, 2.0
+    lam = math.sqrt(D / k)
+    res = Result("slab, cosh profile", measure="max rel", threshold="< 1 % at the middle mesh")
+    for n in n_list:
+        dom = meshes.build(BuiltinMesh(kind="rectangle", size=[L, L / 10], cells=[n, max(2, n // 10)],
+                                       origin=[0.0, 0.0]), comm)
+        model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k,
+                             boundary={"left": BoundaryValue(value=c0)},
+                             boundary_facets={"left": dom.facet("left", "verify")})
+        c = _steady(model, dom)
+        x = c.function_space.tabulate_dof_coordinates()[:, 0]
+        exact = c0 * np.cosh((L - x) / lam) / np.cosh(L / lam)
+        err = comm.allreduce(float(np.max(np.abs(c.x.array - exact) / np.abs(exact))) if x.size else 0.0, op=MPI.MAX)
+        res.sizes.append(L / n)
+        res.errors.append(err)
+    res.passed = res.errors[len(res.errors) // 2] < 0.01 and min(res.orders) > 1.8
+    return res
+
+
+def krogh(comm, wall="dirichlet", h_list=(8.0, 4.0, 2.0)) -> Result:
+    """Krogh annulus with first-order uptake: the Bessel I0/K0 profile (Dirichlet or Robin wall)."""
+    rv, R, D, k, cv, P = 5.0, 100.0, 1000.0, 0.4, 1.0, 20.0
+    lam = math.sqrt(D / k)
+    res = Result(f"Krogh annulus, {wall} wall", threshold="< 1 %, order >= 1.9")
+    K1R, I1R = special.k1(R / lam), special.i1(R / lam)
+    if wall == "dirichlet":
+        beta = cv / (K1R * special.i0(rv / lam) + I1R * special.k0(rv / lam))
+    else:  # D c'(r_v) = P (c_v − c(r_v)): the wall normal points into the vessel
+        f = K1R * special.i0(rv / lam) + I1R * special.k0(rv / lam)
+        fp = (K1R * special.i1(rv / lam) - I1R * special.k1(rv / lam)) / lam
+        beta = P * cv / (D * fp + P * f)
+    for h in h_list:
+        dom = meshes.build(KroghMesh(kind="krogh", dim=2, vessel_radius=rv, tissue_radius=R, h=h), comm)
+        x = ufl.SpatialCoordinate(dom.mesh)
+        r = ufl.sqrt(x[0] ** 2 + x[1] ** 2)
+        # UFL has Bessel functions: the exact profile is evaluated at quadrature points
+        exact = beta * (K1R * ufl.bessel_I(0, r / lam) + I1R * ufl.bessel_K(0, r / lam))
+        wall_tags = dom.facet("vessel_wall", "verify")
+        if wall == "dirichlet":
+            model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k,
+                                 boundary={"vessel_wall": BoundaryValue(value=cv)},
+                                 boundary_facets={"vessel_wall": wall_tags})
+        else:
+            model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k, permeability=P,
+                                 plasma=lambda t0, t1: cv, wall_facets=wall_tags)
+        c = _steady(model, dom)
+        res.sizes.append(h)
+        res.errors.append(_rel_l2(c, exact))
+    res.passed = res.errors[-1] < 0.01 and min(res.orders) >= 1.9
+    return res
+
+
+def spheroid(comm, h=12.0) -> Result:
+    """Spheroid fed from its surface: c = c0 (R/r) sinh(r/λ)/sinh(R/λ)."""
+    R, D, k, c0 = 100.0, 1000.0, 0.4, 1.0
+    lam = math.sqrt(D / k)
+    dom = meshes.build(SpheroidMesh(kind="spheroid", radius=R, h=h), comm)
+    x = ufl.SpatialCoordinate(dom.mesh)
+    r = ufl.sqrt(ufl.dot(x, x)) + 1e-12
+    exact = c0 * (R / r) * ufl.sinh(r / lam) / math.sinh(R / lam)
+    model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k,
+                         boundary={"outer": BoundaryValue(value=c0)},
+                         boundary_facets={"outer": dom.facet("outer", "verify")})
+    c = _steady(model, dom, solver="amg")
+    res = Result("spheroid, sinh profile (3-D)", sizes=[h], errors=[_rel_l2(c, exact)], threshold="< 2 %")
+    res.passed = res.errors[0] < 0.02
+    return res
+
+
+def manufactured(comm, n_list=(8, 16, 32), t_end=2.0, steps=4) -> Result:
+    """Transient MMS: D(x) varying, continuum vessel source P S_V (Cp − c), a Robin wall, decay.
+
+    u = (1 + t/T) g(x, y) is linear in time, so backward Euler has no time error and the observed
+    order is that of space (with any dt).
+    """
+    L, D0, P, Cp, lam_d, T = 100.0, 500.0, 2.0, 1.5, 0.05, 1.0
+    res = Result("manufactured transient (D(x), S_V(x), Robin wall)", threshold="order >= 1.9")
+    for n in n_list:
+        dom = meshes.build(BuiltinMesh(kind="rectangle", size=[L, L], cells=[n, n], origin=[0.0, 0.0]), comm)
+        msh = dom.mesh
+        x = ufl.SpatialCoordinate(msh)
+        t = fem.Constant(msh, 0.0)
+        g = 1.0 + 0.5 * ufl.cos(math.pi * x[0] / L) * ufl.sin(math.pi * x[1] / L) + 0.2 * x[0] / L
+        u_ex = (1.0 + t / T) * g
+        D = D0 * (1.0 + 0.5 * ufl.sin(math.pi * x[0] / L) ** 2 * ufl.cos(math.pi * x[1] / L) ** 2)
+        W = fem.functionspace(msh, ("DG", 0))
+        sv = fem.Function(W)
+        sv.interpolate(lambda X: 0.01 * (1.0 + X[0] / L))
+        f = g / T - ufl.div(D * ufl.grad(u_ex)) - P * sv * (Cp - u_ex) + lam_d * u_ex
+        n_vec = ufl.FacetNormal(msh)
+        wall = dom.facet("left", "verify")
+        # the Robin wall condition holds for u_ex up to this boundary source
+        gN = -ufl.dot(D * ufl.grad(u_ex), n_vec) - P * (Cp - u_ex)
+
+        def source(v, dx, ds, f=f, gN=gN, wall=wall):
+            return f * v * dx + gN * v * ds(wall[0])
+
+        model = SpeciesModel("c", D, decay=lam_d, permeability=P, vascular_density=sv,
+                             plasma=lambda t0, t1: Cp, wall_facets=wall, time_source=source)
+        V = fem.functionspace(msh, ("Lagrange", 1))
+        s = SpeciesSolver(model, V, dom.facet_tags, solver="direct", cell_size=L / n)
+        s.c.interpolate(fem.Expression(u_ex, V.element.interpolation_points()))
+        dt = t_end / steps
+        for i in range(steps):
+            t.value = (i + 1) * dt  # backward Euler: sources at the new time
+            s.step(i * dt, (i + 1) * dt)
+        res.sizes.append(L / n)
+        res.errors.append(_rel_l2(s.c, u_ex))
+    res.passed = min(res.orders) >= 1.9
+    return res
+
+
+def mass_balance(comm, n=24, steps=12) -> Result:
+    """Per step: change = vessel inflow − uptake − decay − boundary outflow (lumped amounts)."""
+    L = 200.0
+    dom = meshes.build(BuiltinMesh(kind="rectangle", size=[L, L], cells=[n, n], origin=[0.0, 0.0]), comm)
+    msh = dom.mesh
+    V = fem.functionspace(msh, ("Lagrange", 1))
+    W = fem.functionspace(msh, ("DG", 0))
+    sv = fem.Function(W)
+    sv.interpolate(lambda X: 0.02 * (X[0] < L / 2))
+    n_tot = fem.Function(V)
+    n_tot.interpolate(lambda X: 0.3 + 0.6 * X[1] / L)
+    plasma = lambda t0, t1: 2.0 * math.exp(-0.1 * t0) if t1 > t0 else 0.0  # noqa: E731
+    model = SpeciesModel("c", fem.Constant(msh, 800.0), decay=0.05, uptake=0.3, permeability=3.0,
+                         vascular_density=sv, plasma=plasma, wall_facets=dom.facet("left", "verify"),
+                         boundary={"right": BoundaryValue(value=0.1, robin=5.0)},
+                         boundary_facets={"right": dom.facet("right", "verify")})
+    s = SpeciesSolver(model, V, dom.facet_tags, rtol=1e-13, cell_size=L / n)
+    worst, t = 0.0, 0.0
+    for i in range(steps):
+        dt = 0.5 * (1 + i % 3)  # varying steps exercise the diagonal update
+        s.step(t, t + dt, n_tot.x.array)
+        t += dt
+        b = s.balance()
+        scale = max(abs(b["inflow"]), abs(b["change"]), abs(b["uptake"]), 1e-300)
+        mismatch = b["change"] - (b["inflow"] - b["uptake"] - b["decay"] - b["outflow"] + b["source"])
+        worst = max(worst, abs(mismatch) / scale)
+    res = Result("mass balance per step", sizes=[L / n], errors=[worst], measure="rel mismatch",
+                 threshold="< 1e-8")
+    res.passed = worst < 1e-8
+    return res
+
+
+def ecm_hindrance(comm, n=200) -> Result:
+    """An antibody penetrates dense ECM less far than a small drug: λ = √(D_eff/k) on both."""
+    L, D0_small, D0_ab, k, phi, rf = 400.0, 16.0 * 3600, 16.0 * 3600, 1.0, 0.3, 1.5e-3
+    radii = {"small drug (0.5 nm)": 0.5e-3, "antibody (5 nm)": 5.0e-3}
+    dom = meshes.build(BuiltinMesh(kind="rectangle", size=[L, 10.0], cells=[n, 2], origin=[0.0, 0.0],
+                                   regions=[RegionRule(name="dense_ecm", where="x >= 0")]), comm)
+    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+    res = Result("ECM hindrance: penetration length vs sqrt(D_eff/k)", measure="rel error of λ",
+                 threshold="< 2 % each; antibody < small")
+    lengths = {}
+    for label, r in radii.items():
+        D_eff = (D0_small if r < 1e-3 else D0_ab) * float(hindrance(np.array(phi), r, rf))
+        model = SpeciesModel("c", fem.Constant(dom.mesh, D_eff), decay=k,
+                             boundary={"left": BoundaryValue(value=1.0)},
+                             boundary_facets={"left": dom.facet("left", "verify")})
+        c = _steady(model, dom)
+        # measured penetration length: where the profile falls to 1/e (interpolated)
+        xs = c.function_space.tabulate_dof_coordinates()[:, 0]
+        xs_all = np.concatenate(comm.allgather(xs))
+        cs_all = np.concatenate(comm.allgather(c.x.array.copy()))
+        order = np.argsort(xs_all)
+        xs_all, cs_all = xs_all[order], cs_all[order]
+        ln = -np.log(np.maximum(cs_all, 1e-300))
+        measured = float(np.interp(1.0, ln, xs_all))
+        expected = math.sqrt(D_eff / k)
+        # a slab of finite length bends the profile: compare against the same 1/e point of cosh
+        lam = expected
+        xx = np.linspace(0, L, 20001)
+        prof = np.cosh((L - xx) / lam) / np.cosh(L / lam)
+        expected_1e = float(np.interp(1.0, -np.log(prof), xx))
+        lengths[label] = (measured, expected_1e, lam)
+        res.sizes.append(L / n)
+        res.errors.append(abs(measured - expected_1e) / expected_1e)
+    (ms, _, ls), (ma, _, la) = lengths.values()
+    res.note = f"λ small {ls:.1f} µm (measured {ms:.1f}), antibody {la:.1f} µm (measured {ma:.1f})"
+    res.passed = max(res.errors) < 0.02 and ma < ms
+    return res
+
+
+def partition_independence(comm) -> Result:
+    """The same problem on this communicator and on one rank: fields agree to 1e-8 relative."""
+    def solve(c):
+        dom = meshes.build(BuiltinMesh(kind="rectangle", size=[200.0, 100.0], cells=[40, 20],
+                                       origin=[0.0, 0.0]), c)
+        V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+        W = fem.functionspace(dom.mesh, ("DG", 0))
+        sv = fem.Function(W)
+        sv.interpolate(lambda X: 0.01 + 0.02 * (X[0] > 100))
+        model = SpeciesModel("c", fem.Constant(dom.mesh, 900.0), decay=0.1, uptake=0.2, permeability=2.0,
+                             vascular_density=sv, plasma=lambda t0, t1: 1.0,
+                             wall_facets=dom.facet("left", "verify"))
+        s = SpeciesSolver(model, V, dom.facet_tags, rtol=1e-13, cell_size=5.0)
+        ones = np.ones(V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts)
+        for i in range(5):
+            s.step(i * 2.0, (i + 1) * 2.0, ones)
+        xy = V.tabulate_dof_coordinates()[: V.dofmap.index_map.size_local, :2]
+        return xy, s.c.x.array[: V.dofmap.index_map.size_local].copy()
+
+    xy, val = solve(comm)
+    xy = np.concatenate(comm.gather(xy, root=0) or [np.zeros((0, 2))]) if comm.size > 1 else xy
+    val = np.concatenate(comm.gather(val, root=0) or [np.zeros(0)]) if comm.size > 1 else val
+    err = 0.0
+    if comm.rank == 0:
+        xy1, val1 = solve(MPI.COMM_SELF)
+        a = np.lexsort((xy[:, 1], xy[:, 0]))
+        b = np.lexsort((xy1[:, 1], xy1[:, 0]))
+        err = float(np.max(np.abs(val[a] - val1[b])) / np.max(np.abs(val1)))
+    err = comm.bcast(err, root=0)
+    res = Result(f"{comm.size} ranks vs 1 rank", sizes=[5.0], errors=[err], measure="max rel diff",
+                 threshold="< 1e-8")
+    res.passed = err < 1e-8
+    return res
+
+
+CASES = {
+    "slab": slab,
+    "krogh_dirichlet": lambda comm: krogh(comm, "dirichlet"),
+    "krogh_robin": lambda comm: krogh(comm, "robin"),
+    "spheroid": spheroid,
+    "manufactured": manufactured,
+    "mass_balance": mass_balance,
+    "ecm_hindrance": ecm_hindrance,
+    "partition": partition_independence,
+}
+
+
+def table(results: list[Result]) -> str:
+    lines = [f"{'case':<52} {'sizes (h, µm)':<22} {'error':<28} {'order':<14} {'threshold':<28} result"]
+    for r in results:
+        sizes = ", ".join(f"{s:g}" for s in r.sizes)
+        errs = ", ".join(f"{e:.2e}" for e in r.errors)
+        orders = ", ".join(f"{o:.2f}" for o in r.orders) or "-"
+        lines.append(f"{r.case:<52} {sizes:<22} {errs:<28} {orders:<14} {r.threshold:<28} "
+                     f"{'pass' if r.passed else 'FAIL'}")
+        if r.note:
+            lines.append(f"    {r.note}")
+    return "\n".join(lines)
+
+
+def main(comm, quick: bool = False, cases: list[str] = ()) -> int:
+    from .spec import ScenarioError
+
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise ScenarioError(f"--case {unknown[0]}: unknown; cases: {', '.join(CASES)}")
+    results = []
+    for name, fn in CASES.items():
+        if cases and name not in cases:
+            continue
+        results.append(fn(comm))
+        if comm.rank == 0:
+            print(table(results[-1:]).splitlines()[-1 if not results[-1].note else -2], flush=True)
+    if comm.rank == 0:
+        print()
+        print(table(results))
+        print(f"\n{sum(r.passed for r in results)} passed, {sum(not r.passed for r in results)} failed")
+    return 0 if all(r.passed for r in results) else 1
