@@ -53,12 +53,12 @@ def parse_quantity(value: Any, base: str, default: str) -> float:
         q = ureg.Quantity(float(value), default_u)
     elif isinstance(value, str):
         try:
-            q = ureg.Quantity(value.strip().replace("µ", "u").replace("μ", "u"))
+            q = ureg.Quantity(value.strip().replace("µ", "u").replace("μ", "u").replace("%", " percent"))
         except (pint.errors.PintError, ValueError, TypeError, AttributeError, SyntaxError) as exc:
             raise ValueError(f"cannot read {value!r} as a quantity ({exc.__class__.__name__}); write e.g. '1 {default}'") from None
         if not isinstance(q, pint.Quantity):  # a bare number written as a string
             q = ureg.Quantity(float(q), default_u)
-        elif q.unitless:
+        elif q.units == ureg.dimensionless:  # a number with no unit at all (not "%")
             q = ureg.Quantity(q.magnitude, default_u)
     else:
         raise ValueError(f"expected a quantity such as '1 {default}', got {type(value).__name__} {value!r}")
