@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from .drugs import Dose, DrugSpec
+from .drugs import DrugSpec
+from .protocol import TreatmentSpec, check_references as check_treatment
 from .spec import BoundaryValue, Name, ScenarioError, Spec, at
 from .units import Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time
 
@@ -182,17 +183,6 @@ class OxygenSpec(Spec):
 # Treatment
 
 
-class Line(Spec):
-    """One line of therapy: a regimen of doses."""
-
-    name: Name
-    regimen: list[Dose] = Field(default_factory=list)
-
-
-class TreatmentSpec(Spec):
-    lines: list[Line] = Field(default_factory=list)
-
-
 # --------------------------------------------------------------------------------------------
 # Time, numerics, outputs
 
@@ -241,17 +231,8 @@ class Scenario(Spec):
 
     @model_validator(mode="after")
     def _references(self):
-        for i, line in enumerate(self.treatment.lines):
-            for k, dose in enumerate(line.regimen):
-                if dose.drug not in self.drugs:
-                    raise ValueError(at(f"treatment.lines.{i}.regimen.{k}.drug",
-                                         f"unknown drug {dose.drug!r}; defined drugs: {_choices(self.drugs)}"))
+        check_treatment(self.treatment, set(self.drugs), {})
         return self
-
-
-def _choices(names) -> str:
-    names = sorted(names)
-    return ", ".join(names) if names else "(none)"
 
 
 # --------------------------------------------------------------------------------------------

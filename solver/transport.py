@@ -248,8 +248,13 @@ class SpeciesSolver:
         d[~self.free] = 0.0
         return d
 
-    def step(self, t0: float, t1: float, n_tot: np.ndarray | None = None) -> int:
-        """Advance c from t0 to t1 (backward Euler); n_tot: cell density at owned+ghost dofs."""
+    def step(self, t0: float, t1: float, n_tot: np.ndarray | None = None,
+             nodal_source: np.ndarray | None = None) -> int:
+        """Advance c from t0 to t1 (backward Euler).
+
+        n_tot: cell density at the dofs (owned first); nodal_source: a source q [µM/h] at the dofs
+        that changes from step to step (e.g. immune recruitment driven by a drug), lumped.
+        """
         dt = t1 - t0
         new_dt = dt != self._dt
         if new_dt:
@@ -281,6 +286,8 @@ class SpeciesSolver:
             self.M.mult(tmp, self.b)
             b[:] = self.b.array / dt
         b += cp * self.exchange + self.robin_source + self.source + self.lift.array
+        if nodal_source is not None:
+            b += self.m * nodal_source[:n]
         if self.time_source_form is not None:
             b += assemble_vector(self.time_source_form).array
         b[self.bc_rows[self.bc_rows < n]] = self.bc_values[self.bc_rows < n]

@@ -1,0 +1,468 @@
+"""The treatment protocol: ordered lines of therapy, assessments, progression and switching.
+
+A treatment is a list of lines. Line 1 starts at the beginning of the run; at every assessment
+(an imaging time, every 6 weeks by default) the tumour burden B = ∫ N_tot dx is compared with its
+nadir since the current line started (RECIST-like). On progression the next line starts and the
+nadir is reset to the burden at the switch. A line may carry a *sequencing* step (personalised
+targeted therapy): the tumour, or a biopsy region of it, is sequenced when the line starts, the
+dominant resistance mechanism is named, and only the drugs the scenario maps to that mechanism
+are given.
+
+Units: times in hours (from the start of the run unless said otherwise); burdens in the units of
+∫ N_tot dx, i.e. volume fraction × µm² in 2-D and × µm³ in 3-D; fractions dimensionless.
+
+The scenario models (:class:`TreatmentSpec` and its parts) are declared here with the pure
+decision logic (:func:`sequence`, :class:`Protocol`), which needs no DOLFINx: the time loop feeds
+it burdens and clone fractions and schedules the regimens it returns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Iterable, Literal
+
+from pydantic import Field, model_validator
+
+from .drugs import Dose
+from .spec import Name, Spec, at
+from .units import Duration, Fraction, Quantity, Time
+
+#: Resistance mechanisms a clone can carry (MODEL.md §3) and a sequencing step can name.
+MECHANISMS = ("target_mutation", "bypass", "pgp", "dna_repair", "caf_shield")
+
+#: Default interval between assessments: 6 weeks, like imaging in the clinic [hour].
+SIX_WEEKS = 6 * 7 * 24.0
+
+#: A non-negative dimensionless ratio with no upper bound (a relative increase may exceed 100 %).
+Ratio = Quantity("dimensionless", "dimensionless", ge=0, description="relative increase")
+
+#: A tumour burden ∫ N_tot dx [volume fraction × µm^d, d = 2 or 3]; a plain number because its
+#: unit depends on the dimension of the mesh.
+Burden = Annotated[float, Field(ge=0, description="tumour burden ∫ N_tot dx [µm^2 in 2-D, µm^3 in 3-D]")]
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario models
+
+
+class SequencingSpec(Spec):
+    """Personalised targeted therapy: sequence the tumour when the line starts, then treat the
+    dominant resistance mechanism.
+
+    The line's ``regimen`` lists the doses of every candidate drug. Drugs named in a ``choose``
+    list are candidates: only those mapped to the dominant mechanism are given. Drugs named in
+    no ``choose`` list are a backbone, given whatever is found. When no resistant clone is
+    detected the whole regimen is given.
+    """
+
+    region: Name | None = Field(None, description="biopsy region (a mesh region tag); "
+                                                  "None = the whole tumour")
+    detection: Fraction = Field(0.05, description="detection limit: clones below this fraction "
+                                                  "of the sample are not seen")
+    choose: dict[Name, Annotated[list[Name], Field(min_length=1)]] = Field(
+        description="mechanism -> drugs to give when it dominates; mechanisms: "
+                    + ", ".join(MECHANISMS))
+
+
+class Line(Spec):
+    """One line of therapy: a regimen of doses (times from the start of the line, in hours),
+    optionally chosen by sequencing the tumour when the line starts."""
+
+    name: Name
+    regimen: list[Dose] = Field(default_factory=list)
+    sequencing: SequencingSpec | None = None
+
+
+class AssessmentSpec(Spec):
+    """When the tumour is assessed: ``first`` after the start of each line, then ``every``
+    [hour]. The clock restarts with each line, whose start is its new baseline."""
+
+    every: Duration = Field(SIX_WEEKS, gt=0, description="interval between assessments")
+    first: Time = Field(SIX_WEEKS, gt=0, description="first assessment after the start of a "
+                                                     "line; default: every")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_defaults_to_every(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("first") is None:
+            data = {**data, "first": data.get("every", SIX_WEEKS)}
+        return data
+
+
+class ProgressionSpec(Spec):
+    """When a line has failed (RECIST-like), judged at an assessment.
+
+    Progression when B > (1 + increase)·nadir and B − nadir > min_increase, the nadir being the
+    smallest burden assessed since the line started, its starting burden included; or, when
+    ``resistant_fraction`` is set, when the resistant clones exceed that fraction of the tumour.
+    """
+
+    increase: Ratio = Field(0.2, description="relative rise above the nadir (0.2 = 20 %)")
+    min_increase: Burden = Field(0.0, description="absolute rise above the nadir that must also "
+                                                  "be exceeded [µm^d]")
+    resistant_fraction: Fraction | None = Field(None, description="progression also when the "
+                                                                  "resistant fraction exceeds this")
+
+
+class StopSpec(Spec):
+    """When the treatment (and the run) ends before the end time."""
+
+    cure_burden: Burden = Field(0.0, description="burden below which the tumour is called cured "
+                                                 "at an assessment [µm^d]; 0 = never")
+    stop_when_exhausted: bool = Field(True, description="stop at progression on the last line; "
+                                                        "else continue the last line")
+
+
+class TreatmentSpec(Spec):
+    """Ordered lines of therapy, when they are assessed, and when they have failed."""
+
+    lines: list[Line] = Field(default_factory=list)
+    assessment: AssessmentSpec = AssessmentSpec()
+    progression: ProgressionSpec = ProgressionSpec()
+    stop: StopSpec = StopSpec()
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        # the event log and the outputs name lines, so a name must say which line it is
+        seen: dict[str, int] = {}
+        for i, line in enumerate(self.lines):
+            if line.name in seen:
+                raise ValueError(at(f"treatment.lines.{i}.name",
+                                    f"line name {line.name!r} is already used by line {seen[line.name]}; "
+                                    f"give every line its own name"))
+            seen[line.name] = i
+        return self
+
+
+def _choices(names: Iterable[str]) -> str:
+    names = sorted(names)
+    return ", ".join(names) if names else "(none)"
+
+
+def check_references(treatment: TreatmentSpec, drugs: set[str], clones: dict[str, str | None],
+                     regions: Iterable[str] | None = None) -> None:
+    """Check the names a treatment uses against the rest of the scenario.
+
+    ``drugs`` are the defined drug names, ``clones`` maps each clone to its resistance mechanism
+    (None for a sensitive clone) and ``regions``, when known, are the mesh region tags. Raises
+    ValueError marked with the key path (``treatment.lines.<i>...``) and what would be valid.
+    """
+    drugs = set(drugs)
+    found = sorted({m for m in clones.values() if m is not None})
+    for i, line in enumerate(treatment.lines):
+        here = f"treatment.lines.{i}"
+        for k, dose in enumerate(line.regimen):
+            if dose.drug not in drugs:
+                raise ValueError(at(f"{here}.regimen.{k}.drug",
+                                    f"unknown drug {dose.drug!r}; defined drugs: {_choices(drugs)}"))
+        seq = line.sequencing
+        if seq is None:
+            continue
+        dosed = {d.drug for d in line.regimen}
+        for mech, names in seq.choose.items():
+            if mech not in MECHANISMS:
+                raise ValueError(at(f"{here}.sequencing.choose.{mech}",
+                                    f"unknown mechanism {mech!r}; valid mechanisms: {', '.join(MECHANISMS)}"))
+            for n, name in enumerate(names):
+                path = f"{here}.sequencing.choose.{mech}.{n}"
+                if name not in drugs:
+                    raise ValueError(at(path, f"unknown drug {name!r}; defined drugs: {_choices(drugs)}"))
+                if name not in dosed:
+                    raise ValueError(at(path, f"drug {name!r} has no dose in {here}.regimen, which "
+                                              f"holds the doses of the candidates; doses given for: "
+                                              f"{_choices(dosed)}"))
+        # a mechanism that sequencing can find but that maps to no drug would only fail mid-run
+        for mech in found:
+            if mech not in seq.choose:
+                carriers = _choices(c for c, m in clones.items() if m == mech)
+                raise ValueError(at(f"{here}.sequencing.choose",
+                                    f"no drug for mechanism {mech!r} (carried by clone {carriers}); "
+                                    f"map every mechanism the clones carry to drugs: {', '.join(found)}"))
+        if regions is not None and seq.region is not None and seq.region not in set(regions):
+            raise ValueError(at(f"{here}.sequencing.region",
+                                f"unknown region {seq.region!r}; mesh regions: {_choices(regions)}"))
+
+
+# --------------------------------------------------------------------------------------------
+# Events and sequencing
+
+EventKind = Literal["line_start", "dose", "assessment", "progression", "switch", "sequencing", "stop"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the event log: ``time`` [hour from the start of the run], what happened,
+    why, and the numbers behind it."""
+
+    time: float
+    event: EventKind
+    reason: str
+    data: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"time": self.time, "event": self.event, "reason": self.reason, "data": self.data}
+
+
+def sequence(clone_fractions: dict[str, float], mechanisms: dict[str, str | None],
+             detection: float) -> dict:
+    """Sequence a sample: which clones are seen, and which resistance mechanism dominates.
+
+    ``clone_fractions`` are the clones' amounts in the sample (fractions, or burdens: they are
+    normalised to sum 1); ``mechanisms`` maps each clone to its mechanism (None = sensitive);
+    clones below ``detection`` (a fraction of the sample) are not seen. The dominant mechanism
+    is the one with the largest total detected fraction among resistant clones (ties broken by
+    name), None when no resistant clone is detected.
+
+    Returns ``{"detection", "fractions", "detected", "mechanisms", "dominant"}``, where
+    ``mechanisms`` holds the detected fraction of each mechanism found.
+    """
+    unknown = [c for c in clone_fractions if c not in mechanisms]
+    if unknown:
+        raise ValueError(f"clone {unknown[0]!r} has no mechanism entry; known clones: {_choices(mechanisms)}")
+    # densities may dip a little below zero in the discrete solution: no clone is negative
+    amounts = {c: max(float(v), 0.0) for c, v in clone_fractions.items()}
+    total = sum(amounts.values())
+    fractions = {c: (v / total if total > 0 else 0.0) for c, v in amounts.items()}
+    detected = {c: f for c, f in fractions.items() if f > 0 and f >= detection}
+    by_mechanism: dict[str, float] = {}
+    for c, f in detected.items():
+        if mechanisms[c] is not None:
+            by_mechanism[mechanisms[c]] = by_mechanism.get(mechanisms[c], 0.0) + f
+    dominant = min(by_mechanism, key=lambda m: (-by_mechanism[m], m)) if by_mechanism else None
+    return {"detection": float(detection), "fractions": fractions, "detected": detected,
+            "mechanisms": by_mechanism, "dominant": dominant}
+
+
+# --------------------------------------------------------------------------------------------
+# The protocol
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an assessment decided: the events to log, the line to start now (its ``regimen`` is
+    the effective one, after sequencing; dose times relative to the decision time), and whether
+    the run stops."""
+
+    events: tuple[Event, ...] = ()
+    new_line: Line | None = None
+    stop: bool = False
+
+    @property
+    def progression(self) -> bool:
+        return any(e.event == "progression" for e in self.events)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the protocol history, at a line start or an assessment.
+
+    ``nadir`` is the reference the burden was judged against (the new baseline for a line
+    start) and ``threshold`` the burden above which it would have been progression [µm^d];
+    ``outcome`` is 'start', 'continue', 'switch', 'progression' (last line, continued), 'cured'
+    or 'exhausted'.
+    """
+
+    time: float
+    line_index: int
+    line: str
+    burden: float
+    nadir: float
+    threshold: float
+    resistant_fraction: float | None
+    outcome: str
+
+
+class Protocol:
+    """The protocol state during a run: the current line, its start time [hour], the nadir of
+    the burden since it started, the assessment clock, the event log and the history.
+
+    ``mechanisms`` maps each clone to its resistance mechanism (None = sensitive); it is only
+    needed when a line has sequencing.
+    """
+
+    def __init__(self, treatment: TreatmentSpec, mechanisms: dict[str, str | None] | None = None):
+        self.spec = treatment
+        self.mechanisms = dict(mechanisms or {})
+        self.index = -1            # current line; -1 before start
+        self.line: Line | None = None  # current line with its effective regimen
+        self.line_start = math.nan
+        self.nadir = math.nan
+        self.stopped = False
+        self.exhausted = False     # progression on the last line was seen and the run continued
+        self._next = math.inf
+        self.events: list[Event] = []
+        self.history: list[Record] = []
+
+    # -- the time loop's interface ------------------------------------------------------------
+    def start(self, t: float, burden: float, clone_fractions: dict[str, float] | None = None,
+              region_fractions: dict[str, dict[str, float]] | None = None) -> list[Event]:
+        """Start line 1 at time ``t`` [hour] with baseline ``burden`` [µm^d].
+
+        Returns the events ('sequencing' if the line sequences, then 'line_start'); the regimen
+        to schedule from ``t`` is ``self.line.regimen``. Fractions are needed only when line 1
+        has sequencing. With no lines there is nothing to do: no events, no assessments.
+        """
+        if self.index >= 0:
+            raise RuntimeError("the protocol has already started")
+        if not self.spec.lines:
+            self.stopped = True
+            return []
+        events = self._begin(0, t, burden, clone_fractions, region_fractions, "line_start",
+                             "first line", {})
+        self.events.extend(events)
+        return events
+
+    def next_assessment(self) -> float:
+        """Time of the next assessment [hour], a milestone for the time loop; inf when stopped."""
+        return math.inf if self.stopped else self._next
+
+    def assess(self, t: float, burden: float, resistant_fraction: float | None = None,
+               clone_fractions: dict[str, float] | None = None,
+               region_fractions: dict[str, dict[str, float]] | None = None) -> Decision:
+        """Assess the tumour at time ``t`` [hour]: ``burden`` [µm^d], the fraction of it in
+        resistant clones, and, for a next line with sequencing, the clone fractions of the whole
+        tumour and of each region. Decides cure, progression, switch or stop.
+        """
+        if self.stopped or self.line is None:
+            raise RuntimeError("assess() called on a protocol that has not started or has stopped")
+        spec, prog = self.spec, self.spec.progression
+        nadir = self.nadir
+        threshold = max(nadir * (1.0 + prog.increase), nadir + prog.min_increase)
+        data = {"line": self.line.name, "burden": burden, "nadir": nadir, "threshold": threshold}
+        if resistant_fraction is not None:
+            data["resistant_fraction"] = resistant_fraction
+        events = [Event(t, "assessment", f"assessment of line {self.line.name}", data)]
+        record = dict(time=t, line_index=self.index, line=self.line.name, burden=burden,
+                      nadir=nadir, threshold=threshold, resistant_fraction=resistant_fraction)
+
+        if burden < spec.stop.cure_burden:
+            events.append(Event(t, "stop", "cured",
+                                {"burden": burden, "cure_burden": spec.stop.cure_burden}))
+            return self._decide(t, events, record, "cured", stop=True)
+
+        reasons = [] if self.exhausted else self._progression(burden, nadir, resistant_fraction)
+        if not reasons:
+            self.nadir = min(self.nadir, burden)
+            return self._decide(t, events, record, "continue")
+
+        rules = [r for r, _ in reasons]
+        text = "; ".join(s for _, s in reasons)
+        pdata = {**data, "rules": rules}
+        if self.index + 1 < len(spec.lines):
+            events.append(Event(t, "progression", text, pdata))
+            self.history.append(Record(**record, outcome="switch"))
+            old = self.line.name
+            events += self._begin(self.index + 1, t, burden, clone_fractions, region_fractions,
+                                  "switch", f"progression on line {old}", {"from": old})
+            self.events.extend(events)
+            return Decision(tuple(events), self.line, False)
+        if spec.stop.stop_when_exhausted:
+            events.append(Event(t, "progression", text, pdata))
+            events.append(Event(t, "stop", "lines exhausted", {"line": self.line.name}))
+            return self._decide(t, events, record, "exhausted", stop=True)
+        # no line left and the run goes on: the last line continues, judged no further
+        self.exhausted = True
+        events.append(Event(t, "progression", f"{text}; no further line, {self.line.name} continues",
+                            {**pdata, "action": "continue"}))
+        return self._decide(t, events, record, "progression")
+
+    def end(self, t: float) -> list[Event]:
+        """The run reached its end time ``t`` [hour]: a 'stop' event, unless already stopped."""
+        if self.stopped:
+            return []
+        self.stopped = True
+        event = Event(t, "stop", "end time", {"line": self.line.name if self.line else None})
+        self.events.append(event)
+        return [event]
+
+    def timeseries(self) -> dict[str, list]:
+        """The history as columns (time, line_index, line, burden, nadir, threshold,
+        resistant_fraction, outcome) for the outputs."""
+        names = list(Record.__dataclass_fields__)
+        return {n: [getattr(r, n) for r in self.history] for n in names}
+
+    # -- internals --------------------------------------------------------------------------
+    def _progression(self, burden: float, nadir: float, rf: float | None) -> list[tuple[str, str]]:
+        """The progression rules that fire, as (rule, reason) pairs."""
+        prog = self.spec.progression
+        out = []
+        # written without dividing by the nadir, so a zero nadir (an eradicated tumour) works:
+        # any regrowth above min_increase is then progression
+        if burden > nadir * (1.0 + prog.increase) and burden - nadir > prog.min_increase:
+            out.append(("burden", f"burden {burden:.4g} above (1 + {prog.increase:.4g}) × nadir "
+                                  f"{nadir:.4g}" + (f" and nadir + {prog.min_increase:.4g}"
+                                                    if prog.min_increase > 0 else "")))
+        if prog.resistant_fraction is not None:
+            if rf is None:
+                raise ValueError("progression.resistant_fraction is set: assess() needs the resistant fraction")
+            if rf > prog.resistant_fraction:
+                out.append(("resistant_fraction", f"resistant fraction {rf:.4g} above "
+                                                  f"{prog.resistant_fraction:.4g}"))
+        return out
+
+    def _begin(self, index: int, t: float, burden: float, clone_fractions, region_fractions,
+               kind: EventKind, reason: str, extra: dict) -> list[Event]:
+        """Start line ``index`` at ``t`` with baseline ``burden``; returns its events."""
+        line = self.spec.lines[index]
+        events = []
+        if line.sequencing is not None:
+            line, event = self._sequenced(index, line, t, clone_fractions, region_fractions)
+            events.append(event)
+        self.index, self.line, self.line_start, self.nadir = index, line, t, burden
+        self._next = t + self.spec.assessment.first
+        events.append(Event(t, kind, reason, {**extra, "line": index, "name": line.name,
+                                              "regimen": [d.drug for d in line.regimen]}))
+        threshold = max(burden * (1.0 + self.spec.progression.increase),
+                        burden + self.spec.progression.min_increase)
+        self.history.append(Record(t, index, line.name, burden, burden, threshold, None, "start"))
+        return events
+
+    def _sequenced(self, index: int, line: Line, t: float, clone_fractions, region_fractions):
+        """The line with the regimen chosen by sequencing, and the 'sequencing' event."""
+        seq = line.sequencing
+        here = f"treatment.lines.{index}.sequencing"
+        if seq.region is None:
+            if clone_fractions is None:
+                raise ValueError(f"{here}: sequencing the whole tumour needs its clone fractions")
+            sample = clone_fractions
+        else:
+            if not region_fractions or seq.region not in region_fractions:
+                raise ValueError(f"{here}.region: no clone fractions for region {seq.region!r}; "
+                                 f"regions given: {_choices(region_fractions or {})}")
+            sample = region_fractions[seq.region]
+        report = sequence(sample, self.mechanisms, seq.detection)
+        where = "whole tumour" if seq.region is None else f"region {seq.region}"
+        mech = report["dominant"]
+        if mech is None:
+            chosen, kept = [], list(line.regimen)
+            reason = (f"no resistant clone detected in the {where} above {seq.detection:.3g}; "
+                      f"full regimen kept")
+        else:
+            if mech not in seq.choose:
+                # check_references rules this out for the scenario's clones
+                raise ValueError(f"{here}.choose: no drug for the dominant mechanism {mech!r}")
+            chosen = list(seq.choose[mech])
+            candidates = {d for names in seq.choose.values() for d in names}
+            kept = [d for d in line.regimen if d.drug in chosen or d.drug not in candidates]
+            reason = (f"dominant mechanism {mech} ({report['mechanisms'][mech]:.3g} of the {where}) "
+                      f"-> {', '.join(chosen)}")
+        event = Event(t, "sequencing", reason,
+                      {**report, "line": line.name, "region": seq.region, "chosen": chosen,
+                       "regimen": [d.drug for d in kept]})
+        return line.model_copy(update={"regimen": kept}), event
+
+    def _decide(self, t: float, events: list[Event], record: dict, outcome: str, *,
+                stop: bool = False) -> Decision:
+        """Close an assessment that starts no line: log it and set the assessment clock."""
+        if stop:
+            self.stopped = True
+        else:
+            every = self.spec.assessment.every
+            first = self.line_start + self.spec.assessment.first
+            # the next scheduled time strictly after t, robust to t landing a hair off it
+            k = max(0, math.floor((t - first) / every + 1e-9) + 1)
+            self._next = first + k * every
+        self.history.append(Record(**record, outcome=outcome))
+        self.events.extend(events)
+        return Decision(tuple(events), None, stop)
