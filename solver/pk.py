@@ -1,0 +1,426 @@
+"""Plasma pharmacokinetics (MODEL.md §4): the plasma concentration C_p(t) of each drug.
+
+A drug's plasma level follows its dose schedule through a linear compartment model:
+
+- ``one_compartment``:  dC/dt = -k C + R(t), with k = ln 2 / half_life (k12, k21 unused);
+- ``two_compartment``:  dC/dt = -(k10 + k12) C + k21 P + R(t),  dP/dt = k12 C - k21 P,
+  with k10 = ln 2 / half_life (elimination from the central compartment) and P the peripheral
+  amount per central volume, so that both are in µM (half_life sets k10, not the terminal
+  half-life, which is longer);
+- ``constant``:         C = pk.level at all times; such a drug takes no doses.
+
+A bolus raises C by its concentration at its start; an infusion delivers the same total at a
+constant rate R over its duration. Between events (dose starts, infusion ends) the input is
+constant and the system x' = A x + R e1 is solved exactly with the eigenvalues λ_i of A and its
+spectral projectors P_i (Σ P_i = I):
+
+    x(T + τ)      = Σ_i P_i [exp(λ_i τ) x(T) + τ φ1(λ_i τ) R e1]
+    ∫_T^{T+τ} C dt = Σ_i e1·P_i [τ φ1(λ_i τ) x(T) + τ² φ2(λ_i τ) R e1]
+
+with φ1(z) = (e^z - 1)/z and φ2(z) = (e^z - 1 - z)/z². C_p is right-continuous: a bolus given at
+t counts at t. Before the first dose the plasma is drug-free.
+
+Units: time in hours, concentrations in µM, infusion rates in µM/hour.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pint
+
+from .drugs import Dose, DrugSpec, PKSpec
+from .spec import ScenarioError
+from .units import ureg
+
+LN2 = math.log(2.0)
+
+#: next_event treats events within this relative distance of t as reached: a step that short
+#: would only add round-off, since the step means integrate across events exactly anyway.
+EVENT_TOL = 1e-12
+
+_VALID = ("a dose is the plasma concentration it reaches ('5 uM', '0.2 mM', or a bare number in "
+          "uM), an amount of substance ('10 umol', divided by pk.volume) or a mass ('50 mg', "
+          "with pk.molar_mass)")
+
+_DIM = {name: ureg.parse_units(unit).dimensionality for name, unit in
+        [("concentration", "uM"), ("amount", "umol"), ("mass", "g"), ("mass_concentration", "g/L")]}
+
+
+# --------------------------------------------------------------------------------------------
+# Dose amounts
+
+
+def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
+    """The plasma concentration [µM] a dose ``amount`` amounts to.
+
+    ``amount`` is a bare number (µM reached by a bolus), a concentration ('5 uM', '0.2 mM'), an
+    amount of substance ('10 umol', divided by the central volume ``pk.volume`` [L]), a mass
+    ('50 mg', converted with ``pk.molar_mass`` [g/mol], then divided by the volume) or a mass
+    concentration ('2 mg/L', with ``pk.molar_mass``). An infusion delivers this same total over
+    its duration. Raises ScenarioError naming ``key`` when the amount cannot be used.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, (int, float, str)):
+        raise ScenarioError(f"{key}: got {type(amount).__name__} {amount!r}; {_VALID}")
+    q = _read(amount, key) if isinstance(amount, str) else ureg.Quantity(float(amount), "uM")
+    dim = q.dimensionality
+    if dim == _DIM["concentration"]:
+        conc = q.to("uM").magnitude
+    elif dim == _DIM["amount"]:
+        conc = q.to("umol").magnitude / pk.volume
+    elif dim in (_DIM["mass"], _DIM["mass_concentration"]):
+        if pk.molar_mass is None:
+            raise ScenarioError(
+                f"{key}: {amount!r} is a mass, which needs the drug's pk.molar_mass (e.g. "
+                f"'543.5 g/mol') to convert; or give a concentration ('5 uM') or an amount ('10 umol')")
+        moles = q / ureg.Quantity(pk.molar_mass, "g/mol")
+        conc = moles.to("umol").magnitude / pk.volume if dim == _DIM["mass"] else moles.to("uM").magnitude
+    else:
+        shown = "dimensionless" if not dim else str(dim)
+        raise ScenarioError(f"{key}: {amount!r} has dimension {shown}; {_VALID}")
+    conc = float(conc)
+    if not (math.isfinite(conc) and conc >= 0.0):
+        raise ScenarioError(f"{key}: {amount!r} is not a finite amount >= 0; {_VALID}")
+    return conc
+
+
+def _read(text: str, key: str) -> pint.Quantity:
+    """Parse a dose string with pint; a number without a unit is in µM."""
+    try:
+        q = ureg.Quantity(text.strip().replace("µ", "u").replace("μ", "u"))
+    except (pint.errors.PintError, ValueError, TypeError, AttributeError, SyntaxError, AssertionError):
+        raise ScenarioError(f"{key}: cannot read {text!r} as a dose; {_VALID}") from None
+    if not isinstance(q, pint.Quantity):
+        return ureg.Quantity(float(q), "uM")
+    if q.units == ureg.dimensionless:
+        return ureg.Quantity(q.magnitude, "uM")
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# Exact propagation between events
+
+
+def _phi1(z: float) -> float:
+    """(e^z - 1)/z, accurate near 0."""
+    return math.expm1(z) / z if z != 0.0 else 1.0
+
+
+def _phi2(z: float) -> float:
+    """(e^z - 1 - z)/z², accurate near 0 (the direct formula loses ~|1/z| ulps there)."""
+    if abs(z) < 0.1:
+        term, total = 0.5, 0.5  # Σ z^n/(n+2)!, truncated below 1e-17 for |z| < 0.1
+        for n in range(1, 10):
+            term *= z / (n + 2)
+            total += term
+        return total
+    return (math.expm1(z) - z) / z / z
+
+
+def _modes(pk: PKSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues λ_i [1/hour] of the PK system matrix and its spectral projectors P_i.
+
+    Returns (lam, proj) with proj[i] the n×n projector of λ_i (n = 1 or 2 compartments).
+    """
+    k10 = LN2 / pk.half_life
+    if pk.model == "two_compartment" and pk.k12 > 0.0:
+        k12, k21 = pk.k12, pk.k21
+        # A = [[-(k10 + k12), k21], [k12, -k21]]; λ = (trace ± root)/2, with the discriminant
+        # written as a sum of non-negative terms: > 0 when k12 > 0, so the eigenvalues are real
+        # and distinct
+        d = k10 + k12 - k21
+        root = math.sqrt(d * d + 4.0 * k12 * k21)
+        fast = -0.5 * (k10 + k12 + k21 + root)
+        slow = k10 * k21 / fast  # det A / fast: avoids the cancellation in (trace + root)/2
+        # diagonal of A - fast I, each written without cancellation: a rounding error here would
+        # leak a non-decaying slow mode into C (e.g. k21 = 0, where slow = 0 and C must vanish)
+        g = 4.0 * k12 * k21
+        p = g / (2.0 * (root + d)) if d > 0.0 else 0.5 * (root - d)  # A_11 - fast = (root - d)/2
+        q = 0.5 * (root + d) if d >= 0.0 else g / (2.0 * (root - d))  # A_22 - fast = (root + d)/2
+        # spectral projectors: P_slow = (A - fast I)/root, P_fast = (slow I - A)/root
+        proj = np.array([[[p, k21], [k12, q]], [[q, -k21], [-k12, p]]]) / root
+        return np.array([slow, fast]), proj
+    # one compartment; also a two-compartment drug with k12 = 0, whose peripheral stays empty
+    return np.array([-k10]), np.ones((1, 1, 1))
+
+
+class _Input(NamedTuple):
+    """One dose as given to the plasma: a bolus (end == start) or an infusion at ``rate``."""
+
+    start: float  # hour
+    end: float    # hour; == start for a bolus
+    bolus: float  # µM added at start
+    rate: float   # µM/hour during [start, end)
+
+
+# --------------------------------------------------------------------------------------------
+# One drug
+
+
+class Plasma:
+    """Plasma concentration C_p(t) [µM] of one drug, t in hours of simulated time.
+
+    Doses are added with :meth:`add_dose` or :meth:`schedule`, stopped with :meth:`cancel_from`;
+    :meth:`concentration`, :meth:`mean` and :meth:`events` read the result. States are cached at
+    the event times and each query propagates exactly from the last event before it; queries at
+    increasing times (the time loop) cost O(1) amortised, any order works.
+    """
+
+    def __init__(self, pk: PKSpec, name: str = "drug"):
+        self.pk, self.name = pk, name
+        self.constant = pk.model == "constant"
+        self._inputs: list[_Input] = []
+        self._times: list[float] = []   # event times, sorted, distinct [hour]
+        self._jump: list[float] = []    # bolus added at each event [µM]
+        self._rate: list[float] = []    # infusion rate from each event to the next [µM/hour]
+        self._states: list[np.ndarray] = []  # state just after event j (bolus included)
+        self._areas: list[float] = []   # ∫ C over [T_j, T_{j+1}] [µM·hour], one fewer than states
+        self._cursor = 0
+        self.version = 0  # bumped on every change of the schedule, for callers that memoise
+        if not self.constant:
+            if not pk.half_life > 0.0:
+                raise ScenarioError(f"drugs.{name}.pk.half_life: must be > 0 for pk.model "
+                                    f"{pk.model!r} (got {pk.half_life} hour)")
+            self._lam, self._proj = _modes(pk)
+            self._input = self._proj[:, :, 0]  # each mode's share of an input into the central compartment
+
+    # ---- doses -----------------------------------------------------------------------------
+    def add_dose(self, start: float, concentration: float, infusion: float = 0.0) -> None:
+        """Give ``concentration`` [µM] at ``start`` [hour]: a bolus, or over ``infusion`` hours."""
+        self._add([self._make(start, concentration, infusion)])
+
+    def schedule(self, doses: Sequence[Dose], offset: float, key: str) -> None:
+        """Give this drug's doses among ``doses``, each cycle k at offset + start + k·every [hour].
+
+        ``key`` is the key path of the list in the scenario (errors name ``key.<index>...``).
+        """
+        self._add(self._plan(doses, offset, key))
+
+    def cancel_from(self, t: float) -> None:
+        """Stop the regimen at ``t`` [hour]: drop doses starting at or after t, cut an infusion running at t."""
+        kept = []
+        for d in self._inputs:
+            if d.start >= t:
+                continue
+            if d.end > t:
+                d = d._replace(end=t)  # same rate, so what ran before t is unchanged
+            kept.append(d)
+        if kept != self._inputs:
+            self._inputs = kept
+            self._rebuild(t)
+
+    def _make(self, start: float, concentration: float, infusion: float) -> _Input:
+        if self.constant:
+            raise ScenarioError(f"drugs.{self.name}.pk.model: 'constant' keeps the plasma at pk.level "
+                                "and takes no doses; use one_compartment or two_compartment")
+        if not (math.isfinite(start) and math.isfinite(concentration) and concentration >= 0.0
+                and math.isfinite(infusion) and infusion >= 0.0):
+            raise ValueError(f"dose of {self.name}: start {start}, concentration {concentration} uM, "
+                             f"infusion {infusion} hour; expected finite values, concentration and infusion >= 0")
+        if infusion > 0.0:
+            return _Input(float(start), float(start + infusion), 0.0, concentration / infusion)
+        return _Input(float(start), float(start), float(concentration), 0.0)
+
+    def _plan(self, doses: Sequence[Dose], offset: float, key: str) -> list[_Input]:
+        """This drug's doses among ``doses``, cycles expanded; validated before anything changes."""
+        plan = []
+        for k, dose in enumerate(doses):
+            if dose.drug != self.name:
+                continue
+            where = f"{key}.{k}"
+            if self.constant:
+                raise ScenarioError(f"{where}: drug {self.name!r} has pk.model 'constant' (plasma level "
+                                    "fixed at pk.level), so it takes no doses; remove the dose or give "
+                                    "the drug pk.model one_compartment or two_compartment")
+            every = dose.every or 0.0
+            if dose.cycles > 1 and not every > 0.0:
+                raise ScenarioError(f"{where}.every: {dose.cycles} cycles need a cycle period > 0 "
+                                    "(e.g. every: 21 day)")
+            conc = dose_concentration(dose.amount, self.pk, f"{where}.amount")
+            plan += [self._make(offset + dose.start + c * every, conc, dose.infusion)
+                     for c in range(dose.cycles)]
+        return plan
+
+    def _add(self, inputs: list[_Input]) -> None:
+        if inputs:
+            self._inputs += inputs
+            self._rebuild(min(d.start for d in inputs))
+
+    def _rebuild(self, since: float) -> None:
+        """Recompute the event table after a change at or after ``since`` [hour].
+
+        Nothing before ``since`` changed, so the states cached at earlier events stay valid; the
+        area of the last of them does not (the event after it may have moved).
+        """
+        inputs = self._inputs
+        times = sorted({d.start for d in inputs} | {d.end for d in inputs})
+        index = {t: j for j, t in enumerate(times)}
+        jump, rate = [0.0] * len(times), [0.0] * len(times)
+        for d in inputs:
+            j = index[d.start]
+            jump[j] += d.bolus
+            # summed per interval, not as running +/- increments, so the rate returns to
+            # exactly 0 when the infusions end
+            for i in range(j, index[d.end]):
+                rate[i] += d.rate
+        # the cache holds states by position: keep those of the unchanged leading events
+        old = self._times
+        keep = min(bisect.bisect_left(times, since), len(old))
+        keep = next((k for k in range(keep) if old[k] != times[k]), keep)
+        self._times, self._jump, self._rate = times, jump, rate
+        del self._states[keep:]
+        del self._areas[max(keep - 1, 0):]
+        self._cursor = 0
+        self.version += 1
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def _advance(self, x: np.ndarray, rate: float, tau: float) -> tuple[np.ndarray, float]:
+        """State after ``tau`` hours at constant input ``rate`` from state ``x``, and ∫ C over them."""
+        e, f1, f2 = [], [], []
+        for lam in self._lam:
+            z = lam * tau
+            e.append(math.exp(z))
+            f1.append(tau * _phi1(z))
+            f2.append(tau * tau * _phi2(z))
+        px = self._proj @ x  # (modes, n): x split into modes
+        x_new = np.asarray(e) @ px + rate * (np.asarray(f1) @ self._input)
+        area = float(np.asarray(f1) @ px[:, 0] + rate * (np.asarray(f2) @ self._input[:, 0]))
+        return x_new, area
+
+    def _index(self, t: float) -> int:
+        """Index of the last event at or before ``t``; -1 before the first."""
+        T, c = self._times, self._cursor
+        # the time loop asks at increasing times: try the cursor's interval and the next first
+        if c < len(T) and T[c] <= t:
+            if c + 1 == len(T) or t < T[c + 1]:
+                return c
+            if c + 2 == len(T) or t < T[c + 2]:
+                self._cursor = c + 1
+                return c + 1
+        j = bisect.bisect_right(T, t) - 1
+        self._cursor = max(j, 0)
+        return j
+
+    def _state(self, j: int) -> np.ndarray:
+        """State just after event ``j``, computing the cache up to it."""
+        states, areas = self._states, self._areas
+        while len(states) <= j:
+            i = len(states)
+            if i == 0:
+                x = np.zeros(self._proj.shape[1])
+            else:
+                x, area = self._advance(states[i - 1], self._rate[i - 1], self._times[i] - self._times[i - 1])
+                areas.append(area)
+            x[0] += self._jump[i]
+            states.append(x)
+        return states[j]
+
+    def concentration(self, t: float) -> float:
+        """C_p(t) [µM] at time ``t`` [hour]."""
+        if self.constant:
+            return self.pk.level
+        j = self._index(t)
+        if j < 0:
+            return 0.0
+        x, _ = self._advance(self._state(j), self._rate[j], t - self._times[j])
+        return float(x[0])
+
+    def mean(self, t0: float, t1: float) -> float:
+        """Exact time average of C_p [µM] over [t0, t1] [hour]; C_p(t0) when t1 == t0."""
+        if t1 < t0:
+            raise ValueError(f"mean plasma level of {self.name}: interval [{t0}, {t1}] ends before it starts")
+        if self.constant:
+            return self.pk.level
+        if t1 == t0:
+            return self.concentration(t0)
+        return self.integral(t0, t1) / (t1 - t0)
+
+    def integral(self, t0: float, t1: float) -> float:
+        """∫ C_p dt [µM·hour] over [t0, t1] [hour], t0 <= t1."""
+        if self.constant:
+            return self.pk.level * (t1 - t0)
+        T, rate = self._times, self._rate
+        j0, j1 = self._index(t0), self._index(t1)
+        if j1 < 0:
+            return 0.0
+        if j0 == j1:
+            x, _ = self._advance(self._state(j0), rate[j0], t0 - T[j0])
+            return self._advance(x, rate[j0], t1 - t0)[1]
+        parts = []
+        if j0 >= 0:  # before the first event the plasma is empty
+            x, _ = self._advance(self._state(j0), rate[j0], t0 - T[j0])
+            parts.append(self._advance(x, rate[j0], T[j0 + 1] - t0)[1])
+        last = self._state(j1)  # also fills the areas of the whole events between
+        parts += self._areas[j0 + 1:j1]
+        parts.append(self._advance(last, rate[j1], t1 - T[j1])[1])
+        return math.fsum(parts)
+
+    def events(self, t0: float, t1: float) -> list[float]:
+        """Times [hour] in (t0, t1] where the input changes: dose starts and infusion ends."""
+        T = self._times
+        return T[bisect.bisect_right(T, t0):bisect.bisect_right(T, t1)]
+
+    def next_event(self, t: float) -> float:
+        """The first event [hour] after ``t`` (beyond EVENT_TOL), or inf."""
+        T = self._times
+        j = bisect.bisect_right(T, t + EVENT_TOL * max(1.0, abs(t)))
+        return T[j] if j < len(T) else math.inf
+
+
+# --------------------------------------------------------------------------------------------
+# All drugs of a scenario
+
+
+class PlasmaSet:
+    """Plasma concentrations [µM] of every drug of a scenario, t in hours of simulated time."""
+
+    def __init__(self, drugs: dict[str, DrugSpec]):
+        self.plasma = {name: Plasma(d.pk, name) for name, d in drugs.items()}
+        self._memo: tuple | None = None
+
+    def __getitem__(self, name: str) -> Plasma:
+        return self.plasma[name]
+
+    def add_regimen(self, doses: Sequence[Dose], start: float, key: str) -> None:
+        """Give a line's ``doses`` with their times counted from ``start`` [hour].
+
+        ``key`` is the key path of the list (e.g. ``treatment.lines.1.regimen``). The whole
+        regimen is checked before any dose is given.
+        """
+        for k, dose in enumerate(doses):
+            if dose.drug not in self.plasma:
+                known = ", ".join(sorted(self.plasma)) or "(none)"
+                raise ScenarioError(f"{key}.{k}.drug: unknown drug {dose.drug!r}; defined drugs: {known}")
+        plans = {name: p._plan(doses, start, key) for name, p in self.plasma.items()}
+        for name, plan in plans.items():
+            self.plasma[name]._add(plan)
+
+    def cancel_from(self, t: float) -> None:
+        """Stop every drug's regimen at ``t`` [hour] (a switch of line)."""
+        for p in self.plasma.values():
+            p.cancel_from(t)
+
+    def levels(self, t: float) -> dict[str, float]:
+        """C_p(t) [µM] of each drug."""
+        return {name: p.concentration(t) for name, p in self.plasma.items()}
+
+    def means(self, t0: float, t1: float) -> dict[str, float]:
+        """Exact mean C_p [µM] of each drug over [t0, t1] [hour]."""
+        # transport asks once per drug for the same step: compute the step once
+        key = (t0, t1, tuple(p.version for p in self.plasma.values()))
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, {name: p.mean(t0, t1) for name, p in self.plasma.items()})
+        return dict(self._memo[1])
+
+    def events(self, t0: float, t1: float) -> list[float]:
+        """Times [hour] in (t0, t1] where any drug's input changes, sorted, without repeats."""
+        return sorted({t for p in self.plasma.values() for t in p.events(t0, t1)})
+
+    def next_event(self, t: float) -> float:
+        """The first event [hour] of any drug after ``t``, or inf."""
+        return min((p.next_event(t) for p in self.plasma.values()), default=math.inf)
+
