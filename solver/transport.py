@@ -230,10 +230,8 @@ class SpeciesSolver:
                 opts[p + "pc_hypre_boomeramg_agg_nl"] = 1
             else:
                 opts[p + "pc_type"] = "jacobi"
-        opts[p + "ksp_rtol"] = self.rtol
-        opts[p + "ksp_atol"] = 1e-30
-        opts[p + "ksp_max_it"] = 10000
         self.ksp.setFromOptions()
+        self.ksp.setTolerances(rtol=self.rtol, atol=1e-30, max_it=10000)
         self.ksp.setInitialGuessNonzero(choice != "direct")
         self.ksp.getPC().setReusePreconditioner(False)
 
@@ -277,7 +275,7 @@ class SpeciesSolver:
         cp = self.model.plasma(t0, t1) if self.model.plasma is not None else 0.0
         b = self.b.array
         n = self.m.size
-        c_old = self.c.x.array[:n]
+        c_old = self.c.x.array[:n].copy()
         if self.M is None:
             b[:] = self.m / dt * c_old
         else:
@@ -298,7 +296,7 @@ class SpeciesSolver:
                                f"(PETSc reason {reason}); try a smaller time.dt")
         self.c.x.scatter_forward()
         self.iterations = self.ksp.getIterationNumber()
-        self.last = {"t0": t0, "t1": t1, "plasma": cp, "c_old": c_old.copy(), "n_tot": None if n_tot is None else n_tot[:n].copy()}
+        self.last = {"t0": t0, "t1": t1, "plasma": cp, "c_old": c_old, "n_tot": None if n_tot is None else n_tot[:n].copy()}
         return self.iterations
 
     # ----------------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""Compare treatment strategies: ``tme compare CONFIG... [--sweep key.path=v1,v2,...] --out DIR``.
+
+Each scenario (or each value of a swept key) is one run in ``DIR/<run>/``. With more MPI ranks
+than runs, the ranks split into sub-communicators that run concurrently; with fewer, each group
+runs several in turn. Rank 0 then writes ``comparison.csv`` (per run: time to first progression,
+nadir, final burden, final resistant fraction, lines used, wall time) and ``comparison.png``
+(the burden curves of all runs on one plot).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import log, outputs
+from .scenario import Scenario, load
+from .spec import ScenarioError
+
+COLUMNS = ["run", "config", "overrides", "time_to_progression_days", "nadir", "nadir_day",
+           "final_burden", "final_resistant_fraction", "lines_used", "wall_time_seconds", "ranks"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    name: str
+    config: Path
+    overrides: tuple[str, ...]
+    scenario: Scenario
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``key.path=v1,v2,...`` -> (key.path, [v1, v2, ...])."""
+    if "=" not in text:
+        raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
+    key, values = text.split("=", 1)
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not key.strip() or not vals:
+        raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
+    return key.strip(), vals
+
+
+def plan(configs: list[Path], sweeps: list[str], overrides: list[str]) -> list[RunPlan]:
+    """Every run, validated before any is started (a bad value stops all, naming it)."""
+    combos: list[tuple[str, ...]] = [()]
+    for sweep in sweeps:
+        key, values = parse_sweep(sweep)
+        combos = [c + (f"{key}={v}",) for c in combos for v in values]
+    runs, names = [], set()
+    for config in configs:
+        for combo in combos:
+            scen = load(config, list(overrides) + list(combo))
+            label = scen.name + "".join("_" + _slug(o) for o in combo)
+            name, k = label, 2
+            while name in names:
+                name, k = f"{label}_{k}", k + 1
+            names.add(name)
+            runs.append(RunPlan(name, Path(config), tuple(combo), scen))
+    return runs
+
+
+def _slug(override: str) -> str:
+    key, value = override.split("=", 1)
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{key.split('.')[-1]}-{value}").strip("-")
+
+
+def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overwrite=False) -> list[dict]:
+    from .simulation import run
+
+    logger = log.get()
+    runs = plan(configs, list(sweeps), list(overrides))
+    out = outputs.prepare_directory(out, comm, overwrite)
+    groups = min(comm.size, len(runs))
+    color = comm.rank * groups // comm.size
+    sub = comm.Split(color, comm.rank)
+    logger.info(f"compare: {len(runs)} run(s) on {groups} group(s) of ranks")
+    mine = []
+    for i, r in enumerate(runs):
+        if i % groups != color:
+            continue
+        if sub.rank == 0:
+            log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
+        summary = run(r.scenario, out / r.name, comm=sub, overwrite=overwrite, quiet=True)
+        mine.append((i, summary))
+    sub.Free()
+    gathered = comm.gather(mine, root=0)
+    rows = []
+    if comm.rank == 0:
+        by_index = dict(item for part in gathered for item in part)
+        for i, r in enumerate(runs):
+            s = by_index[i]
+            ttp = s.get("time_to_progression_hours")
+            rows.append({
+                "run": r.name, "config": str(r.config), "overrides": " ".join(r.overrides),
+                "time_to_progression_days": "" if ttp is None else ttp / 24.0,
+                "nadir": s.get("nadir_burden"), "nadir_day": (s.get("nadir_time_hours") or 0.0) / 24.0,
+                "final_burden": s.get("final_burden"),
+                "final_resistant_fraction": s.get("final_resistant_fraction"),
+                "lines_used": s.get("lines_used"), "wall_time_seconds": s.get("wall_time_seconds"),
+                "ranks": s.get("ranks"),
+            })
+        with open(out / "comparison.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        curves = {}
+        for r in runs:
+            t, b = _burden_curve(out / r.name / "timeseries.csv")
+            curves[r.name] = (t, b)
+        _plot(out / "comparison.png", curves)
+        (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+        logger.info(f"compare: wrote {out / 'comparison.csv'} and {out / 'comparison.png'}")
+    return comm.bcast(rows, root=0)
+
+
+def _burden_curve(path: Path):
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    return (np.array([float(r["t"]) for r in rows]), np.array([float(r["burden"]) for r in rows]))
+
+
+def _plot(path: Path, curves: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for name, (t, b) in curves.items():
+        ax.plot(t / 24.0, b, label=name, lw=1.4)
+    ax.set_xlabel("time [day]")
+    ax.set_ylabel("tumour burden  ∫ N_tot dx")
+    ax.set_title("burden per strategy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
