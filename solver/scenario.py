@@ -81,7 +81,16 @@ class KroghMesh(Spec):
     vessel_radius: Length
     tissue_radius: Length
     length: Length | None = Field(None, description="cylinder length (3-D only)")
-    h: Length
+    h: Length = Field(description="element size away from the vessel (graded to h/6 at its wall)")
+    regions: list[RegionRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _radii(self):
+        if self.tissue_radius <= self.vessel_radius:
+            raise ValueError(at("mesh.tissue_radius", f"must exceed vessel_radius ({self.vessel_radius:g} µm)"))
+        if self.dim == 3 and self.length is None:
+            raise ValueError(at("mesh.length", "required for a 3-D Krogh cylinder"))
+        return self
 
 
 class SpheroidMesh(Spec):
