@@ -270,7 +270,7 @@ class Run:
         fields = [s.solver.c for s in self.model.species]
         wanted = self.scenario.output.snapshots.fields
         chosen = [f for f in fields if f.name in wanted] or fields
-        outputs.snapshot(self.out / "snapshots" / f"t{t / 24:08.2f}d.png", chosen, t, self.comm)
+        outputs.snapshot(self.out / "snapshots" / f"day_{t / 24:06.2f}.png", chosen, t, self.comm)
 
 
 class _Progress:
