@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from .clones import ClonesSpec, check_references as check_clones
 from .drugs import DrugSpec
 from .protocol import TreatmentSpec, check_references as check_treatment
 from .spec import BoundaryValue, Name, ScenarioError, Spec, at
@@ -188,6 +189,26 @@ class OxygenSpec(Spec):
     boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
 
 
+class ImmuneSpec(Spec):
+    """Immune effector cells e (a dimensionless density), recruited from vessels:
+
+        de/dt = div(D_e grad e) + r_e S_V (1 + boost A_I) − clearance e
+
+    where A_I is the Hill activation of the checkpoint inhibitor(s) (their ec50 and hill). Kill of
+    clone i: immune_kill_i (1 + kill_boost A_I) e, whatever the clone's chemoresistance.
+    """
+
+    enabled: bool = True
+    diffusivity: Diffusivity = Field(5.0 / 60, description="effector motility (T cells ~ 5 um^2/min)")
+    recruitment: Quantity("um/hour", "um/hour", ge=0, description="r_e: recruitment per vessel "
+                          "surface density") = 1.0
+    clearance: Rate = Field(0.02, description="delta_e: effector death/exhaustion rate")
+    boost: float = Field(5.0, ge=0, description="recruitment raised by (1 + boost A_I)")
+    kill_boost: float = Field(3.0, ge=0, description="kill raised by (1 + kill_boost A_I)")
+    initial: float = Field(0.0, ge=0)
+    boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
+
+
 # --------------------------------------------------------------------------------------------
 # Treatment
 
@@ -233,6 +254,9 @@ class Scenario(Spec):
     drugs: dict[Name, DrugSpec] = Field(default_factory=dict)
     survival_factor: SurvivalFactorSpec = SurvivalFactorSpec(enabled=False)
     oxygen: OxygenSpec = OxygenSpec(enabled=False)
+    immune: ImmuneSpec = ImmuneSpec(enabled=False)
+    clones: ClonesSpec | None = Field(None, description="cancer cell populations; without them "
+                                      "cells fill the tissue (N_tot = 1) and only transport runs")
     treatment: TreatmentSpec = TreatmentSpec()
     time: TimeSpec
     numerics: NumericsSpec = NumericsSpec()
@@ -240,7 +264,11 @@ class Scenario(Spec):
 
     @model_validator(mode="after")
     def _references(self):
-        check_treatment(self.treatment, set(self.drugs), {})
+        mechanisms = {}
+        if self.clones is not None:
+            check_clones(self.clones, self.drugs)
+            mechanisms = self.clones.mechanisms()
+        check_treatment(self.treatment, set(self.drugs), mechanisms)
         return self
 
 

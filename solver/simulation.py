@@ -1,27 +1,38 @@
 """The time loop: a validated scenario in, results on disk out.
 
-    scenario -> domain (mesh, tags) -> tissue fields -> species (drugs, factor, oxygen) -> loop
+    scenario -> domain (mesh, tags) -> tissue fields -> species (drugs, factor, oxygen, immune)
+             -> clones -> protocol -> Strang-split time loop -> outputs
 
-Each step lands exactly on the next milestone (dose start, infusion end, output time, end); the
-step grows geometrically from ``time.dt_initial`` after each dose event up to ``time.dt``, so
-steps are short while plasma levels change fast and long in drug-free intervals.
+One step from t to t + dt (MODEL.md §5): a half step of the pointwise clone reactions with the
+concentrations at t, a full backward-Euler transport step of every species with the cell density
+after that half step, and a second half step of reactions with the new concentrations.
+
+Steps land exactly on every milestone: dose starts and infusion ends (PK), assessments (the
+protocol), output and snapshot times, and the end. After each dose event the step restarts at
+``time.dt_initial`` and grows by ×1.5 per step up to ``time.dt``: short while plasma levels
+change fast, long in drug-free intervals.
+
+Units: µm, hour, µM; densities are volume fractions.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import time as wallclock
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import ufl
 from dolfinx import fem
 from mpi4py import MPI
 
 from . import log, meshes, outputs, tissue
 from .pk import PlasmaSet
+from .protocol import Event, Protocol
+from .reactions import CloneReactions, hill
 from .scenario import Scenario, resolved_yaml
-from .transport import COUNTERS, SpeciesModel, SpeciesSolver
+from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, compile_form
 
 GROWTH = 1.5  # step growth factor after a dose event
 
@@ -32,7 +43,7 @@ class Species:
 
     name: str
     solver: SpeciesSolver
-    kind: str  # 'drug', 'factor', 'oxygen'
+    kind: str  # 'drug', 'factor', 'oxygen', 'immune'
     ec50: float | None = None
     auc: fem.Function | None = None
     above: fem.Function | None = None
@@ -50,7 +61,22 @@ class Model:
     species: list[Species] = field(default_factory=list)
     n_tot: fem.Function | None = None
     region: fem.Function | None = None
-    region_volumes: dict[str, float] = field(default_factory=dict)
+    mass: np.ndarray | None = None                # lumped dof volumes (owned) [µm^d]
+    region_mass: dict[str, np.ndarray] = field(default_factory=dict)
+    clone_names: list[str] = field(default_factory=list)
+    N: np.ndarray | None = None                   # (K, n_local incl. ghosts) clone densities
+    clone_fields: list[fem.Function] = field(default_factory=list)
+    resistant: np.ndarray | None = None           # (K,) bool
+    resistant_field: fem.Function | None = None
+    reactions: CloneReactions | None = None
+    motility: list[SpeciesSolver] = field(default_factory=list)
+
+    def get(self, kind: str) -> Species | None:
+        return next((s for s in self.species if s.kind == kind), None)
+
+    @property
+    def drugs(self) -> list[Species]:
+        return [s for s in self.species if s.kind == "drug"]
 
 
 def diffusivity(D0: float, radius: float, tf: tissue.TissueFields, fibre_radius: float, name: str):
@@ -58,6 +84,21 @@ def diffusivity(D0: float, radius: float, tf: tissue.TissueFields, fibre_radius:
     D = fem.Function(tf.ecm_fraction.function_space, name=f"D_{name}")
     D.x.array[:] = D0 * tissue.hindrance(tf.ecm_fraction.x.array, radius, fibre_radius)
     return D
+
+
+def _lumped(V, weight, dx) -> np.ndarray:
+    """Row sums of the mass matrix weighted by ``weight`` (owned dofs)."""
+    v = ufl.TestFunction(V)
+    return assemble_vector(compile_form(weight * v * dx)).array.copy()
+
+
+def _to_dofs(V, cell_values: fem.Function, mass: np.ndarray) -> np.ndarray:
+    """A DG0 field at the P1 dofs, by lumped L2 projection (exact for constants), with ghosts."""
+    f = fem.Function(V)
+    n = mass.size
+    f.x.array[:n] = _lumped(V, cell_values, ufl.dx) / np.where(mass > 0, mass, 1.0)
+    f.x.scatter_forward()
+    return f.x.array.copy()
 
 
 def build(scenario: Scenario, comm) -> Model:
@@ -75,10 +116,15 @@ def build(scenario: Scenario, comm) -> Model:
     num = scenario.numerics
     h = domain.cell_size()
     wall = domain.facets.get("vessel_wall", ())
+    nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
+    one = fem.Constant(domain.mesh, 1.0)
+    model.mass = _lumped(V, one, ufl.dx)
+    dx_tags = ufl.Measure("dx", domain=domain.mesh, subdomain_data=domain.cell_tags)
+    for name, tag in domain.regions.items():
+        model.region_mass[name] = _lumped(V, one, dx_tags(tag))
 
-    # cells fill the tissue (N_tot = 1) until clones say otherwise
     model.n_tot = fem.Function(V, name="total")
-    model.n_tot.x.array[:] = 1.0
+    model.n_tot.x.array[:] = 1.0  # cells fill the tissue unless clones say otherwise
 
     def boundary_facets(bmap: dict, key: str) -> dict:
         return {name: domain.facet(name, f"{key}.boundary.{name}") for name in bmap}
@@ -118,19 +164,93 @@ def build(scenario: Scenario, comm) -> Model:
             vascular_density=tf.vascular_density, plasma=lambda t0, t1: level,
             boundary=dict(ox.boundary), boundary_facets=boundary_facets(ox.boundary, "oxygen"),
             wall_facets=wall, initial=level if ox.initial is None else ox.initial))
+    im = scenario.immune
+    if im.enabled:
+        make("immune", "immune", SpeciesModel(
+            name="immune", diffusivity=fem.Constant(domain.mesh, im.diffusivity), decay=im.clearance,
+            boundary=dict(im.boundary), boundary_facets=boundary_facets(im.boundary, "immune"),
+            initial=im.initial))
+        model.sv_dofs = _to_dofs(V, tf.vascular_density, model.mass)
 
     # region tags as a DG0 field, for ParaView
     W = tf.ecm_fraction.function_space
     model.region = fem.Function(W, name="region")
     ct = domain.cell_tags
-    nloc = domain.mesh.topology.index_map(domain.dim).size_local
-    model.region.x.array[ct.indices[ct.indices < nloc]] = ct.values[ct.indices < nloc]
+    ncells = domain.mesh.topology.index_map(domain.dim).size_local
+    keep = ct.indices < ncells
+    model.region.x.array[ct.indices[keep]] = ct.values[keep]
     model.region.x.scatter_forward()
+
+    cl = scenario.clones
+    if cl is not None and cl.clones:
+        _build_clones(model, cl, nloc, domain, num, h)
     return model
+
+
+def _build_clones(model: Model, cl, nloc, domain, num, h):
+    sc = model.scenario
+    V = model.V
+    key = "clones.clones"
+    model.clone_names = list(cl.clones)
+    K = len(model.clone_names)
+    model.N = np.zeros((K, nloc))
+    W = model.tissue.ecm_fraction.function_space
+    for i, (name, c) in enumerate(cl.clones.items()):
+        if isinstance(c.initial, dict):
+            cellwise = fem.Function(W)
+            for region, frac in c.initial.items():
+                tag = domain.region(region, f"{key}.{name}.initial.{region}")
+                cellwise.x.array[model.region.x.array == tag] = frac
+            model.N[i] = _to_dofs(V, cellwise, model.mass)
+        else:
+            model.N[i] = c.initial
+        model.clone_fields.append(fem.Function(V, name=name))
+    model.resistant = np.array(cl.resistant(), bool)
+    model.resistant_field = fem.Function(V, name="resistant_fraction")
+    sf, ox = sc.survival_factor, sc.oxygen
+    model.reactions = CloneReactions.from_specs(
+        cl, sc.drugs, nloc, factor_half=sf.half_effect if sf.enabled else None,
+        oxygen_half=ox.hypoxia if ox.enabled else None)
+    if cl.motility > 0:
+        for name in model.clone_names:
+            model.motility.append(SpeciesSolver(
+                SpeciesModel(name=f"motility_{name}", diffusivity=fem.Constant(domain.mesh, cl.motility)),
+                V, domain.facet_tags, lumped=num.lumped_mass, solver=num.solver,
+                amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h))
+    np.sum(model.N, axis=0, out=model.n_tot.x.array)
 
 
 def _mean_of(plasma: PlasmaSet, name: str):
     return lambda t0, t1: plasma.means(t0, t1)[name]
+
+
+class EventLog:
+    """``events.csv`` and ``events.json``: every dose, assessment and decision (rank 0 writes)."""
+
+    def __init__(self, out: Path, comm):
+        self.out, self.rank0 = out, comm.rank == 0
+        self.events: list[Event] = []
+        if self.rank0:
+            self._csv = open(out / "events.csv", "w")
+            self._csv.write("time_hours,time_days,event,reason,data\n")
+            self._csv.flush()
+
+    def add(self, events):
+        for e in events:
+            self.events.append(e)
+            if self.rank0:
+                data = json.dumps(e.data, default=float).replace('"', '""')
+                reason = e.reason.replace('"', '""')
+                self._csv.write(f'{e.time!r},{e.time / 24:.6g},{e.event},"{reason}","{data}"\n')
+        if self.rank0:
+            self._csv.flush()
+            tmp = self.out / "events.json.tmp"
+            tmp.write_text(json.dumps([e.as_dict() for e in self.events], indent=1, default=float) + "\n")
+            tmp.replace(self.out / "events.json")
+
+    def close(self):
+        if self.rank0:
+            self._csv.close()
 
 
 class Run:
@@ -143,9 +263,13 @@ class Run:
         if comm.rank == 0:
             (self.out / "config.resolved.yaml").write_text(resolved_yaml(scenario))
         self.model = build(scenario, comm)
+        m = self.model
+        self._c = np.zeros((len(m.drugs), m.V.dofmap.index_map.size_local + m.V.dofmap.index_map.num_ghosts))
+        self._ici = [i for i, s in enumerate(m.drugs) if scenario.drugs[s.name].drug_class == "checkpoint_inhibitor"]
+        self.pending_doses: list[tuple[float, str, float]] = []
 
     # ----------------------------------------------------------------------------------------
-    def milestones(self) -> list[float]:
+    def fixed_milestones(self) -> list[float]:
         sc = self.scenario
         end = sc.time.end
         every = sc.output.every or end / 20.0
@@ -158,118 +282,306 @@ class Run:
         sc, m, comm = self.scenario, self.model, self.comm
         start_wall = wallclock.perf_counter()
         end = sc.time.end
-        for i, line in enumerate(sc.treatment.lines[:1]):
-            m.plasma.add_regimen(line.regimen, 0.0, f"treatment.lines.{i}.regimen")
-        fixed = self.milestones()
+        tol = 1e-9 * max(1.0, end)
+        fixed = self.fixed_milestones()
         outs = set(fixed)
         snaps = set(sc.output.snapshots.times or [end])
         dt_max = sc.time.dt
-        dt_next = sc.time.dt_initial or dt_max
-        names = [s.name for s in m.species]
-        columns = ["t", "dt", *[f"total_{n}" for n in names], *[f"plasma_{s.name}" for s in m.species if s.kind == "drug"]]
-        series = outputs.TimeSeries(self.out / "timeseries.csv", columns, comm)
-        static = [m.region] + [s.auc for s in m.species if s.auc] + [s.above for s in m.species if s.above]
-        writer = outputs.FieldWriter(self.out / "fields.xdmf", m.domain.mesh, static=[])
-        fields = [s.solver.c for s in m.species]
-        exposures = [f for f in static if f is not m.region]
-        writer.write(fields + [m.region] + exposures, 0.0)
-        series.add(self._row(0.0, 0.0))
+        dt_first = sc.time.dt_initial or dt_max
+
+        events = EventLog(self.out, comm)
+        protocol = Protocol(sc.treatment, sc.clones.mechanisms() if sc.clones else {})
+        burden, fractions, regions = self._composition()
+        if sc.treatment.lines:
+            events.add(protocol.start(0.0, burden, fractions, regions))
+            self._schedule(protocol.line.regimen, 0.0, protocol.index)
+        series = outputs.TimeSeries(self.out / "timeseries.csv", self._columns(), comm)
+        writer = outputs.FieldWriter(self.out / "fields.xdmf", m.domain.mesh)
+        self._update_fields()
+        writer.write(self._fields(), 0.0)
+        series.add(self._row(0.0, 0.0, burden, fractions, protocol))
+        nadir = (burden, 0.0)
         counters_before = COUNTERS.snapshot()
-        t, steps = 0.0, 0
+        t, steps, dt_next = 0.0, 0, dt_first
         progress = _Progress(end, self.logger, comm)
+        stopped = None
         try:
-            while t < end - 1e-12 * max(end, 1.0):
-                next_fixed = min((x for x in fixed if x > t + 1e-12), default=end)
+            while t < end - tol and stopped is None:
+                next_fixed = min((x for x in fixed if x > t + tol), default=end)
                 next_event = m.plasma.next_event(t)
-                t1 = min(t + dt_next, next_fixed, next_event, end)
+                next_assess = protocol.next_assessment() if sc.treatment.lines else np.inf
+                t1 = min(t + dt_next, next_fixed, next_event, next_assess, end)
                 dt = t1 - t
-                self._transport_step(t, t1)
-                self._accumulate(dt)
+                self._step(t, t1)
                 t, steps = t1, steps + 1
+                self._log_doses(t, events)
                 self._check(t)
-                series.add(self._row(t, dt))
-                if any(abs(t - x) <= 1e-9 * max(1.0, end) for x in outs):
-                    writer.write(fields + [m.region] + exposures, t)
-                if any(abs(t - x) <= 1e-9 * max(1.0, end) for x in snaps):
+                burden, fractions, regions = self._composition()
+                if burden < nadir[0]:
+                    nadir = (burden, t)
+                assessed = None
+                if abs(t - next_assess) <= tol:
+                    decision = protocol.assess(t, burden, self._resistant_fraction(fractions), fractions, regions)
+                    events.add(decision.events)
+                    assessed = decision
+                    if decision.new_line is not None:
+                        m.plasma.cancel_from(t)
+                        self.pending_doses = [d for d in self.pending_doses if d[0] < t - tol]
+                        self._schedule(decision.new_line.regimen, t, protocol.index)
+                        dt_next = dt_first
+                    if decision.stop:
+                        stopped = decision.events[-1].reason
+                series.add(self._row(t, dt, burden, fractions, protocol, assessed))
+                if any(abs(t - x) <= tol for x in outs) or stopped:
+                    self._update_fields()
+                    writer.write(self._fields(), t)
+                if any(abs(t - x) <= tol for x in snaps):
                     self._snapshot(t)
-                # shrink after a dose event, then grow back towards dt
-                if abs(t - next_event) <= 1e-12 * max(1.0, end):
-                    dt_next = sc.time.dt_initial or min(dt_max, sc.time.dt_min * 10)
-                else:
+                if abs(t - next_event) <= tol:
+                    dt_next = dt_first  # a dose starts or an infusion ends: small steps again
+                elif assessed is None or assessed.new_line is None:
                     dt_next = min(dt_max, max(dt * GROWTH, sc.time.dt_min))
                 progress.update(t)
+            if stopped is None and sc.treatment.lines:
+                events.add(protocol.end(t))
         finally:
             writer.close()
             series.close()
-        progress.done()
+            events.close()
+            progress.done()
         loop_counters = {k: COUNTERS.snapshot()[k] - counters_before[k] for k in counters_before}
         wall = wallclock.perf_counter() - start_wall
+        summary = self._summary(t, steps, wall, series, events, nadir, protocol, loop_counters, stopped)
+        outputs.write_json(self.out / "summary.json", summary, comm)
+        if sc.output.plots and comm.rank == 0:
+            self._plots(series.rows, events.events)
+        self.logger.info(f"done: {steps} steps in {wall:.1f} s; results in {self.out}")
+        return summary
+
+    # ----------------------------------------------------------------------------------------
+    def _schedule(self, regimen, t0, index):
+        key = f"treatment.lines.{index}.regimen"
+        self.model.plasma.add_regimen(regimen, t0, key)
+        for dose in regimen:
+            for k in range(dose.cycles):
+                ts = t0 + dose.start + k * (dose.every or 0.0)
+                if ts <= self.scenario.time.end:
+                    self.pending_doses.append((ts, dose.drug, k + 1))
+        self.pending_doses.sort()
+
+    def _log_doses(self, t, events: EventLog):
+        tol = 1e-9 * max(1.0, self.scenario.time.end)
+        due = [d for d in self.pending_doses if d[0] <= t + tol]
+        if due:
+            self.pending_doses = [d for d in self.pending_doses if d[0] > t + tol]
+            events.add([Event(ts, "dose", f"{drug}, cycle {k}", {"drug": drug, "cycle": k}) for ts, drug, k in due])
+
+    def _concentrations(self):
+        m = self.model
+        for j, s in enumerate(m.drugs):
+            np.copyto(self._c[j], s.solver.c.x.array)
+        sf, ox, im = m.get("factor"), m.get("oxygen"), m.get("immune")
+        e = None
+        if im is not None:
+            e = im.solver.c.x.array
+            if self._ici:
+                e = e * (1.0 + self.scenario.immune.kill_boost * self._activation())
+        return (self._c if m.drugs else None, None if sf is None else sf.solver.c.x.array,
+                None if ox is None else ox.solver.c.x.array, e)
+
+    def _activation(self) -> np.ndarray:
+        """Checkpoint-inhibitor activation A_I at the dofs (the strongest one when several)."""
+        m = self.model
+        out = 0.0
+        for j in self._ici:
+            d = self.scenario.drugs[m.drugs[j].name]
+            out = np.maximum(out, hill(np.maximum(m.drugs[j].solver.c.x.array, 0.0), d.ec50, d.hill))
+        return out
+
+    def _step(self, t0, t1):
+        m = self.model
+        dt = t1 - t0
+        if m.reactions is not None:
+            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt)
+            np.sum(m.N, axis=0, out=m.n_tot.x.array)
+        n_tot = m.n_tot.x.array
+        for s in m.species:
+            source = None
+            if s.kind == "immune":
+                im = self.scenario.immune
+                boost = 1.0 + im.boost * self._activation() if self._ici else 1.0
+                source = im.recruitment * m.sv_dofs * boost
+            s.solver.step(t0, t1, n_tot, nodal_source=source)
+        if m.reactions is not None:
+            for i, solver in enumerate(m.motility):
+                solver.c.x.array[:] = m.N[i]
+                solver.step(t0, t1)
+                m.N[i] = np.maximum(solver.c.x.array, 0.0)
+            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt)
+            np.sum(m.N, axis=0, out=m.n_tot.x.array)
+        for s in m.drugs:
+            c = s.solver.c.x.array
+            s.auc.x.array[:] += dt * c
+            s.above.x.array[:] += dt * (c >= s.ec50)
+
+    def _composition(self):
+        """Burden ∫ N_tot dx, clone fractions (whole domain) and per region; global."""
+        m = self.model
+        if m.N is None:
+            return float("nan"), {}, {}
+        n = m.mass.size
+        local = [m.N[:, :n] @ m.mass] + [m.N[:, :n] @ m.region_mass[r] for r in m.region_mass]
+        tot = self.comm.allreduce(np.array(local), op=MPI.SUM)
+        names = m.clone_names
+        whole = tot[0]
+        burden = float(whole.sum())
+        frac = {c: (float(whole[i]) / burden if burden > 0 else 0.0) for i, c in enumerate(names)}
+        self._amounts = whole
+        self._region_amounts = {r: tot[k + 1] for k, r in enumerate(m.region_mass)}
+        # amounts per region: a biopsy's sequencing normalises them to fractions
+        regions = {r: {c: float(a[i]) for i, c in enumerate(names)} for r, a in self._region_amounts.items()}
+        return burden, frac, regions
+
+    def _resistant_fraction(self, fractions) -> float:
+        m = self.model
+        return float(sum(f for c, f in fractions.items() if m.resistant[m.clone_names.index(c)]))
+
+    def _check(self, t):
+        m = self.model
+        bad = None
+        arrays = [(s.name, s.solver.c.x.array) for s in m.species]
+        if m.N is not None:
+            arrays += [(name, m.N[i]) for i, name in enumerate(m.clone_names)]
+        for name, a in arrays:
+            if not np.all(np.isfinite(a)):
+                i = int(np.argmax(~np.isfinite(a)))
+                bad = (name, "not a number", i, a[i])
+                break
+            if a.size and a.min() < -1e-8 * max(1.0, float(np.abs(a).max())):
+                i = int(np.argmin(a))
+                bad = (name, "negative", i, a[i])
+                break
+        where = None
+        if bad:
+            x = m.V.tabulate_dof_coordinates()[bad[2]]
+            where = (f"{bad[0]} is {bad[1]} ({bad[3]:.3g}) at t = {t:g} h, "
+                     f"x = ({', '.join(f'{v:.1f}' for v in x[: m.domain.dim])}) µm")
+        msgs = [w for w in self.comm.allgather(where) if w]
+        if msgs:
+            raise FloatingPointError(msgs[0] + "; the outputs written so far are complete up to the previous step")
+
+    # ----------------------------------------------------------------------------------------
+    def _fields(self) -> list:
+        m = self.model
+        out = [s.solver.c for s in m.species] + list(m.clone_fields)
+        if m.N is not None:
+            out += [m.n_tot, m.resistant_field]
+        out += [m.region] + [s.auc for s in m.drugs] + [s.above for s in m.drugs]
+        return out
+
+    def _update_fields(self):
+        m = self.model
+        if m.N is None:
+            return
+        for i, f in enumerate(m.clone_fields):
+            f.x.array[:] = m.N[i]
+        tot = m.n_tot.x.array
+        res = m.N[m.resistant].sum(axis=0) if m.resistant.any() else np.zeros_like(tot)
+        m.resistant_field.x.array[:] = np.where(tot > 1e-12, res / np.maximum(tot, 1e-300), 0.0)
+
+    def _columns(self) -> list[str]:
+        m = self.model
+        cols = ["t", "dt", "line"]
+        if m.N is not None:
+            cols += ["burden", "resistant_fraction"]
+            cols += [f"clone_{c}" for c in m.clone_names]
+            cols += [f"clone_{c}@{r}" for r in m.region_mass for c in m.clone_names]
+        cols += [f"total_{s.name}" for s in m.species] + [f"plasma_{s.name}" for s in m.drugs]
+        if self.scenario.treatment.lines:
+            cols += ["assessment", "nadir", "progression"]
+        return cols
+
+    def _row(self, t, dt, burden, fractions, protocol, assessed=None) -> dict:
+        m = self.model
+        row = {"t": t, "dt": dt, "line": protocol.line.name if self.scenario.treatment.lines else ""}
+        if m.N is not None:
+            row["burden"] = burden
+            row["resistant_fraction"] = self._resistant_fraction(fractions)
+            for i, c in enumerate(m.clone_names):
+                row[f"clone_{c}"] = float(self._amounts[i])
+                for r, amounts in self._region_amounts.items():
+                    row[f"clone_{c}@{r}"] = float(amounts[i])
+        levels = m.plasma.levels(t)
+        for s in m.species:
+            row[f"total_{s.name}"] = s.solver.total()
+            if s.kind == "drug":
+                row[f"plasma_{s.name}"] = levels[s.name]
+        if self.scenario.treatment.lines:
+            row["assessment"] = int(assessed is not None)
+            row["nadir"] = protocol.nadir if assessed is not None else ""
+            row["progression"] = int(bool(assessed is not None and assessed.progression))
+        return row
+
+    def _summary(self, t, steps, wall, series, events, nadir, protocol, loop_counters, stopped) -> dict:
+        m, sc = self.model, self.scenario
+        rows = series.rows
         summary = {
             "scenario": sc.name,
             "end_time_hours": t,
+            "stopped": stopped or "end time",
             "steps": steps,
-            "ranks": comm.size,
+            "ranks": self.comm.size,
             "dofs_per_field": m.V.dofmap.index_map.size_global,
             "wall_time_seconds": wall,
             "in_loop": {"matrix_assemblies": loop_counters["matrix_assemblies"],
                         "form_compilations": loop_counters["form_compilations"]},
             "final_totals": {s.name: s.solver.total() for s in m.species},
         }
-        outputs.write_json(self.out / "summary.json", summary, comm)
-        if sc.output.plots and comm.rank == 0:
-            rows = series.rows
-            tt = np.array([r["t"] for r in rows])
-            outputs.plot_series(self.out / "plots" / "species.png", tt,
-                                {n: np.array([r[f"total_{n}"] for r in rows]) for n in names},
-                                "amount in tissue [µM·µm^d]", f"{sc.name}: transported species")
-        self.logger.info(f"done: {steps} steps in {wall:.1f} s; results in {self.out}")
+        if m.N is not None:
+            burdens = np.array([r["burden"] for r in rows])
+            rf = np.array([r["resistant_fraction"] for r in rows])
+            summary.update({
+                "initial_burden": float(burdens[0]),
+                "final_burden": float(burdens[-1]),
+                "max_burden": float(burdens.max()),
+                "nadir_burden": nadir[0],
+                "nadir_time_hours": nadir[1],
+                "final_resistant_fraction": float(rf[-1]),
+                "max_resistant_fraction": float(rf.max()),
+                "final_clone_amounts": {c: float(self._amounts[i]) for i, c in enumerate(m.clone_names)},
+                "final_clone_amounts_by_region": {
+                    r: {c: float(a[i]) for i, c in enumerate(m.clone_names)}
+                    for r, a in self._region_amounts.items()},
+            })
+        if sc.treatment.lines:
+            prog = [e for e in events.events if e.event == "progression"]
+            summary.update({
+                "time_to_progression_hours": prog[0].time if prog else None,
+                "progressions": len(prog),
+                "lines_used": protocol.index + 1,
+                "final_line": protocol.line.name,
+            })
         return summary
 
-    # ----------------------------------------------------------------------------------------
-    def _transport_step(self, t0, t1):
-        n_tot = self.model.n_tot.x.array
-        for s in self.model.species:
-            s.solver.step(t0, t1, n_tot)
-
-    def _accumulate(self, dt):
-        for s in self.model.species:
-            if s.auc is not None:
-                c = s.solver.c.x.array
-                s.auc.x.array[:] += dt * c
-                s.above.x.array[:] += dt * (c >= s.ec50)
-
-    def _check(self, t):
-        bad = None
-        for s in self.model.species:
-            a = s.solver.c.x.array
-            if not np.all(np.isfinite(a)):
-                i = int(np.argmax(~np.isfinite(a)))
-                bad = (s.name, "NaN", i, a[i])
-                break
-            if a.size and a.min() < -1e-8 * max(1.0, np.abs(a).max()):
-                i = int(np.argmin(a))
-                bad = (s.name, "negative", i, a[i])
-                break
-        where = None
-        if bad:
-            x = self.model.V.tabulate_dof_coordinates()[bad[2]]
-            where = f"{bad[0]} is {bad[1]} ({bad[3]:.3g}) at t = {t:g} h, x = ({', '.join(f'{v:.1f}' for v in x[: self.model.domain.dim])}) µm"
-        msgs = [w for w in self.comm.allgather(where) if w]
-        if msgs:
-            raise FloatingPointError(msgs[0] + "; outputs up to the previous step are complete")
-
-    def _row(self, t, dt) -> dict:
-        row = {"t": t, "dt": dt}
-        for s in self.model.species:
-            row[f"total_{s.name}"] = s.solver.total()
-            if s.kind == "drug":
-                row[f"plasma_{s.name}"] = self.model.plasma.levels(t)[s.name]
-        return row
+    def _plots(self, rows, evs):
+        m, sc = self.model, self.scenario
+        tt = np.array([r["t"] for r in rows])
+        markers = [(e.time, e.event) for e in evs if e.event in ("switch", "progression")]
+        if m.N is not None:
+            series = {c: np.array([r[f"clone_{c}"] for r in rows]) for c in m.clone_names}
+            series["burden"] = np.array([r["burden"] for r in rows])
+            outputs.plot_series(self.out / "plots" / "burden.png", tt, series,
+                                "amount  ∫ N dx  [µm^%d]" % m.domain.dim,
+                                f"{sc.name}: tumour burden per clone", markers=markers)
+        outputs.plot_series(self.out / "plots" / "species.png", tt,
+                            {s.name: np.array([r[f"total_{s.name}"] for r in rows]) for s in m.species},
+                            "amount in tissue  ∫ c dx", f"{sc.name}: transported species", markers=markers)
 
     def _snapshot(self, t):
-        fields = [s.solver.c for s in self.model.species]
+        self._update_fields()
+        fields = self._fields()
         wanted = self.scenario.output.snapshots.fields
-        chosen = [f for f in fields if f.name in wanted] or fields
+        chosen = [f for f in fields if f.name in wanted] or [s.solver.c for s in self.model.species]
         outputs.snapshot(self.out / "snapshots" / f"day_{t / 24:06.2f}.png", chosen, t, self.comm)
 
 
@@ -280,7 +592,7 @@ class _Progress:
         import sys
 
         self.end, self.logger = end, logger
-        self.on = comm.rank == 0
+        self.on = comm.rank == 0 and logger.isEnabledFor(20)
         self.tty = self.on and sys.stderr.isatty()
         self.last_log = wallclock.perf_counter()
         self.t_start = self.last_log
@@ -307,5 +619,13 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def run(scenario: Scenario, out: Path, comm=MPI.COMM_WORLD, overwrite: bool = False) -> dict:
-    return Run(scenario, out, comm, overwrite).run()
+def run(scenario: Scenario, out: Path, comm=MPI.COMM_WORLD, overwrite: bool = False, quiet: bool = False) -> dict:
+    """Run a scenario into ``out``; returns the summary (also written to summary.json)."""
+    logger = log.get()
+    level = logger.level
+    if quiet:
+        logger.setLevel(30)
+    try:
+        return Run(scenario, out, comm, overwrite).run()
+    finally:
+        logger.setLevel(level)
