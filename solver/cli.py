@@ -1,4 +1,4 @@
-"""The ``tme`` command line: run, validate, schema, verify.
+"""The ``tme`` command line: run, validate, schema, verify, compare.
 
 Run in parallel as ``mpirun -n N tme run CONFIG``. An unexpected exception on any rank aborts the
 whole job (as ``python -m mpi4py`` does) instead of leaving the other ranks waiting forever;
@@ -38,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet-ok", action="store_true", help="print nothing when valid")
 
     sub.add_parser("schema", help="print the JSON schema of scenario files")
+
+    c = sub.add_parser("compare", help="run several scenarios (or a sweep) and compare them")
+    c.add_argument("configs", type=Path, nargs="+", metavar="CONFIG")
+    c.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
+                   help="one run per value (repeatable: the runs are the product)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a value in every run (repeatable)")
+    c.add_argument("--out", type=Path, required=True, help="output directory")
+    c.add_argument("--overwrite", action="store_true")
 
     f = sub.add_parser("verify", help="run the verification cases against closed forms")
     f.add_argument("--quick", action="store_true", help="coarser meshes, fewer cases")
@@ -88,6 +97,12 @@ def _dispatch(args, comm) -> int:
         from .verify import main as verify_main
 
         return verify_main(comm, quick=args.quick, cases=args.case)
+    if args.command == "compare":
+        from .compare import compare
+
+        compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
+                overwrite=args.overwrite)
+        return 0
     if args.command == "run":
         scen = sc.load(args.config, args.overrides)
         out = args.out or Path("results") / scen.name
