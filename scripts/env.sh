@@ -47,6 +47,9 @@ build_root() {
     # an interrupted build leaves only a .build-* directory, never a usable root
     trap 'say "build interrupted; removing $tmp"; rm -rf "$tmp"' INT TERM
     t0=$(date +%s)
+    # the list is read once: an edit during the build cannot mix two lists in one root
+    cp "$PKG_LIST" "$tmp/apt-packages.txt"
+    PKG_LIST="$tmp/apt-packages.txt"
     say "building the Debian $SUITE environment in $final (one time, about 5 minutes)"
     say "step 1/2: debootstrap --variant=minbase $SUITE"
     debootstrap --variant=minbase "$SUITE" "$tmp/root" > "$tmp/debootstrap.log" 2>&1 \

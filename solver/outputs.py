@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from mpi4py import MPI
 
 from .spec import ScenarioError
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from .clones import ClonesSpec, check_references as check_clones
 from .drugs import DrugSpec
 from .protocol import TreatmentSpec, check_references as check_treatment
-from .spec import BoundaryValue, Name, ScenarioError, Spec, at
+from .spec import BoundaryValue, Name, ScenarioError, Spec, at, located
 from .units import Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time
 
 
@@ -342,11 +342,10 @@ def _format(exc: ValidationError) -> str:
     tags = [p for p in loc if p not in _strip_union_tags(loc)]
     loc = _strip_union_tags(loc)
     msg = err["msg"]
+    if msg.startswith("Value error, @"):
+        return located(msg)
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if msg.startswith("@"):
-        path, msg = msg[1:].split("@ ", 1)
-        return f"{path}: {msg}"
     key = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         valid = _valid_keys(loc[:-1], tags)

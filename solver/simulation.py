@@ -31,7 +31,10 @@ from . import log, meshes, outputs, tissue
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
 from .reactions import CloneReactions, hill
+from .clones import check_references as check_clones
+from .protocol import check_references as check_treatment
 from .scenario import Scenario, resolved_yaml
+from .spec import ScenarioError, located
 from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, compile_form
 
 GROWTH = 1.5  # step growth factor after a dose event
@@ -108,9 +111,7 @@ def build(scenario: Scenario, comm) -> Model:
     tf = tissue.build(scenario.tissue, domain)
     V = fem.functionspace(domain.mesh, ("Lagrange", 1))
     ndofs = V.dofmap.index_map.size_global
-    logger.info(f"mesh: {domain.dim}-D, {domain.mesh.topology.index_map(domain.dim).size_global} cells, "
-                f"{ndofs} dofs per field, regions: {', '.join(domain.regions)}; "
-                f"{comm.size} rank(s); built in {wallclock.perf_counter() - t0:.1f} s")
+    _check_regions(scenario, domain)
     plasma = PlasmaSet(scenario.drugs)
     model = Model(scenario, domain, tf, V, plasma)
     num = scenario.numerics
@@ -184,7 +185,22 @@ def build(scenario: Scenario, comm) -> Model:
     cl = scenario.clones
     if cl is not None and cl.clones:
         _build_clones(model, cl, nloc, domain, num, h)
+    logger.info(f"mesh: {domain.dim}-D, {domain.mesh.topology.index_map(domain.dim).size_global} cells, "
+                f"{ndofs} dofs per field, regions: {', '.join(domain.regions)}; "
+                f"{comm.size} rank(s); built in {wallclock.perf_counter() - t0:.1f} s")
     return model
+
+
+def _check_regions(scenario: Scenario, domain: meshes.Domain):
+    """Region and facet names the scenario uses must exist in the mesh (one-line errors)."""
+    regions = list(domain.regions)
+    try:
+        if scenario.clones is not None:
+            check_clones(scenario.clones, scenario.drugs, regions)
+        check_treatment(scenario.treatment, set(scenario.drugs),
+                        scenario.clones.mechanisms() if scenario.clones else {}, regions)
+    except ValueError as exc:
+        raise ScenarioError(located(exc)) from None
 
 
 def _build_clones(model: Model, cl, nloc, domain, num, h):
@@ -259,10 +275,11 @@ class Run:
     def __init__(self, scenario: Scenario, out: Path, comm=MPI.COMM_WORLD, overwrite: bool = False):
         self.scenario, self.comm = scenario, comm
         self.logger = log.get()
+        # everything a scenario can get wrong is found while building: before any file is written
+        self.model = build(scenario, comm)
         self.out = outputs.prepare_directory(Path(out), comm, overwrite)
         if comm.rank == 0:
             (self.out / "config.resolved.yaml").write_text(resolved_yaml(scenario))
-        self.model = build(scenario, comm)
         m = self.model
         self._c = np.zeros((len(m.drugs), m.V.dofmap.index_map.size_local + m.V.dofmap.index_map.num_ghosts))
         self._ici = [i for i, s in enumerate(m.drugs) if scenario.drugs[s.name].drug_class == "checkpoint_inhibitor"]

@@ -33,3 +33,14 @@ class BoundaryValue(Spec):
 def at(path: str, msg: str) -> str:
     """Mark a validation message with the key path it concerns (the error formatter reads it)."""
     return f"@{path}@ {msg}"
+
+
+def located(exc: Exception) -> str:
+    """The one-line message of a validation error, as 'key.path: message' when marked by :func:`at`."""
+    msg = str(exc)
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if msg.startswith("@") and "@ " in msg:
+        path, text = msg[1:].split("@ ", 1)
+        return f"{path}: {text}"
+    return msg
