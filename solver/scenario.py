@@ -234,8 +234,11 @@ class NumericsSpec(Spec):
 
 
 class SnapshotSpec(Spec):
-    fields: list[str] = Field(default_factory=lambda: ["total"])
-    times: list[Time] = Field(default_factory=list, description="default: the end time")
+    """Off-screen pictures of chosen fields at chosen times."""
+
+    fields: list[str] = Field(default_factory=lambda: ["total"], description="field names; the "
+                              "transported species when none of them exists")
+    times: list[Time] | None = Field(None, description="default: the end time; [] for none")
 
 
 class OutputSpec(Spec):

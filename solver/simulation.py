@@ -291,9 +291,13 @@ class Run:
         end = sc.time.end
         every = sc.output.every or end / 20.0
         times = set(np.arange(every, end, every).tolist()) if every > 0 else set()
-        times.update(sc.output.snapshots.times or [end])
+        times.update(self._snapshot_times())
         times.add(end)
         return sorted(t for t in times if 0 < t <= end)
+
+    def _snapshot_times(self) -> list[float]:
+        times = self.scenario.output.snapshots.times
+        return [self.scenario.time.end] if times is None else list(times)
 
     def run(self) -> dict:
         sc, m, comm = self.scenario, self.model, self.comm
@@ -302,7 +306,7 @@ class Run:
         tol = 1e-9 * max(1.0, end)
         fixed = self.fixed_milestones()
         outs = set(fixed)
-        snaps = set(sc.output.snapshots.times or [end])
+        snaps = set(self._snapshot_times())
         dt_max = sc.time.dt
         dt_first = sc.time.dt_initial or dt_max
 

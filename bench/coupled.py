@@ -1,0 +1,151 @@
+"""Coupled-step benchmark: the default scenario scaled to a 3-D block, and the reaction kernel.
+
+    scripts/env-exec python3 bench/coupled.py                  # 1 rank
+    scripts/env-exec mpirun -n 2 python3 bench/coupled.py      # 2 ranks
+
+1. The reaction half steps alone: 4 clones x 3 drugs on 1 million dofs (solver.reactions), in
+   MatMult-equivalents per clone per step (target <= 1), the MatMult measured on a 3-D P1
+   matrix of the same size.
+2. A whole coupled step of configs/default.yaml (same drugs, clones, factor, oxygen, protocol)
+   on a 3-D box of >= 500k dofs per field, with a continuum vascular density instead of the
+   slice's explicit vessels: wall seconds and MatMult-equivalents per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dolfinx import fem, mesh  # noqa: E402
+from dolfinx.fem import petsc as fem_petsc  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+import ufl  # noqa: E402
+
+from solver import scenario as sc  # noqa: E402
+from solver.reactions import CloneReactions  # noqa: E402
+from solver.simulation import Run  # noqa: E402
+
+
+def matmult_seconds(n_cells: int, comm, reps: int = 20) -> tuple[float, int]:
+    """Time of one MatMult on a 3-D P1 stiffness matrix with n_cells per edge."""
+    msh = mesh.create_unit_cube(comm, n_cells, n_cells, n_cells)
+    V = fem.functionspace(msh, ("Lagrange", 1))
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    A = fem_petsc.assemble_matrix(fem.form(ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx + u * v * ufl.dx))
+    A.assemble()
+    x, y = A.createVecs()
+    x.set(1.0)
+    A.mult(x, y)
+    comm.barrier()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        A.mult(x, y)
+    comm.barrier()
+    return (time.perf_counter() - t0) / reps, V.dofmap.index_map.size_global
+
+
+def reaction_kernel(comm, n_cells=99) -> dict:
+    mm, ndofs = matmult_seconds(n_cells, comm)
+    scen = sc.load(ROOT / "configs" / "default.yaml")
+    data = scen.clones.model_dump()
+    del data["clones"]["met_bypass"]  # four clones
+    data["mutation"]["sensitive"].pop("met_bypass")
+    clones = type(scen.clones).model_validate(data)
+    drugs = dict(scen.drugs)
+    drugs["extra"] = drugs["doxorubicin"].model_copy(update={"pgp_substrate": False})
+    n = ndofs // comm.size
+    rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.02, oxygen_half=5.0)
+    rng = np.random.default_rng(0)
+    N = rng.uniform(0, 0.2, (4, n))
+    c = rng.uniform(0, 2.0, (3, n))
+    s = rng.uniform(0, 0.05, n)
+    o = rng.uniform(0, 50, n)
+    rx.advance(N, c, s, o, None, 0.5)
+    comm.barrier()
+    reps = 5
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        rx.advance(N, c, s, o, None, 0.5)  # one half step, dt = 1 h
+    comm.barrier()
+    half = (time.perf_counter() - t0) / reps
+    return {"dofs": ndofs, "ranks": comm.size, "matmult_seconds": mm, "half_step_seconds": half,
+            "substeps": rx.substeps(0.5),
+            "mm_per_clone_per_step": 2 * half / (4 * mm)}
+
+
+def coupled_step(comm, n_cells=80, steps=10) -> dict:
+    raw = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    L = 1200.0
+    raw["mesh"] = {"kind": "box", "size": [L, L, L], "cells": [n_cells] * 3,
+                   "regions": [{"name": "tumour", "where": "x**2/400**2 + y**2/300**2 + z**2/300**2 < 1"},
+                               {"name": "dense_ecm", "where": "x**2/480**2 + y**2/360**2 + z**2/360**2 < 1"},
+                               {"name": "stroma", "where": "x == x"}]}
+    for region, sv in (("tumour", "0.002 1/um"), ("dense_ecm", "0.001 1/um"), ("stroma", "0.004 1/um")):
+        raw["tissue"]["regions"][region]["vascular_density"] = sv
+    raw["time"] = {"end": f"{steps} hour", "dt": "1 hour", "dt_initial": "1 hour"}
+    raw["output"] = {"every": f"{steps} hour", "plots": False, "snapshots": {"times": []}}
+    scen = sc.validate(raw)
+    out = ROOT / "results" / "bench" / f"coupled-np{comm.size}"
+    t0 = time.perf_counter()
+    r = Run(scen, out, comm=comm, overwrite=True)
+    setup = time.perf_counter() - t0
+    A = r.model.species[0].solver.A
+    x, y = A.createVecs()
+    x.set(1.0)
+    comm.barrier()
+    t1 = time.perf_counter()
+    for _ in range(20):
+        A.mult(x, y)
+    comm.barrier()
+    mm = (time.perf_counter() - t1) / 20
+    summary = r.run()
+    per_step = summary["wall_time_seconds"] / summary["steps"]
+    return {"dofs": summary["dofs_per_field"], "ranks": comm.size, "setup_seconds": setup,
+            "steps": summary["steps"], "step_seconds": per_step, "matmult_seconds": mm,
+            "step_in_matmults": per_step / mm, "species": len(r.model.species),
+            "clones": len(r.model.clone_names), "in_loop": summary["in_loop"]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=80, help="cells per edge of the coupled box (80 -> 531k dofs)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--skip-kernel", action="store_true")
+    args = p.parse_args()
+    comm = MPI.COMM_WORLD
+    results = {}
+    if not args.skip_kernel:
+        k = reaction_kernel(comm)
+        results["reaction_kernel"] = k
+        if comm.rank == 0:
+            print(f"reactions, 4 clones x 3 drugs, {k['dofs']} dofs, {k['ranks']} rank(s): half step "
+                  f"{k['half_step_seconds'] * 1e3:.1f} ms ({k['substeps']} substep(s)); MatMult "
+                  f"{k['matmult_seconds'] * 1e3:.1f} ms; both half steps = {k['mm_per_clone_per_step']:.2f} "
+                  f"MatMult per clone per step (target <= 1)", flush=True)
+    c = coupled_step(comm, args.n, args.steps)
+    results["coupled_step"] = c
+    if comm.rank == 0:
+        print(f"coupled step of default.yaml in 3-D: {c['dofs']} dofs per field, {c['species']} species, "
+              f"{c['clones']} clones, {c['ranks']} rank(s): {c['step_seconds']:.2f} s per step = "
+              f"{c['step_in_matmults']:.0f} MatMults (setup {c['setup_seconds']:.1f} s); in loop: "
+              f"{c['in_loop']}", flush=True)
+        out = ROOT / "results" / "bench"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"coupled-np{comm.size}.json").write_text(json.dumps(results, indent=2))
+        one = out / "coupled-np1.json"
+        if comm.size > 1 and one.exists():
+            r1 = json.loads(one.read_text())["coupled_step"]
+            print(f"coupled step, {comm.size} ranks / 1 rank: {c['step_seconds'] / r1['step_seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
