@@ -183,7 +183,8 @@ def snapshot(path: Path, functions: list, t: float, comm):
         name = gathered[0][i][4]
         pl.subplot(i // cols, i % cols)
         pl.add_mesh(grid, scalars=name, cmap="viridis", show_edges=False,
-                    scalar_bar_args={"title": name, "vertical": False, "title_font_size": 12})
+                    scalar_bar_args={"title": name, "vertical": False, "title_font_size": 12,
+                                     "label_font_size": 11, "n_labels": 3, "fmt": "%.2g"})
         pl.add_text(f"{name}  t = {t / 24:.2f} d", font_size=9)
         if np.allclose(grid.points[:, 2], 0.0):
             pl.view_xy()
