@@ -446,13 +446,23 @@ class Run:
             s.above.x.array[:] += dt * (c >= s.ec50)
 
     def _composition(self):
-        """Burden ∫ N_tot dx, clone fractions (whole domain) and per region; global."""
+        """Burden ∫ N_tot dx, clone fractions (whole domain) and clone amounts per region.
+
+        One reduction per step gathers these and the amount of every species.
+        """
         m = self.model
+        n = m.mass.size
+        parts = [np.array([float(m.mass @ s.solver.c.x.array[:n]) for s in m.species])]
+        if m.N is not None:
+            parts.append((m.N[:, :n] @ m.mass).ravel())
+            parts += [(m.N[:, :n] @ m.region_mass[r]).ravel() for r in m.region_mass]
+        flat = self.comm.allreduce(np.concatenate(parts), op=MPI.SUM)
+        n_sp = len(m.species)
+        self._species_totals = {s.name: float(v) for s, v in zip(m.species, flat[:n_sp])}
         if m.N is None:
             return float("nan"), {}, {}
-        n = m.mass.size
-        local = [m.N[:, :n] @ m.mass] + [m.N[:, :n] @ m.region_mass[r] for r in m.region_mass]
-        tot = self.comm.allreduce(np.array(local), op=MPI.SUM)
+        K = len(m.clone_names)
+        tot = flat[n_sp:].reshape(-1, K)
         names = m.clone_names
         whole = tot[0]
         burden = float(whole.sum())
@@ -534,7 +544,7 @@ class Run:
                     row[f"clone_{c}@{r}"] = float(amounts[i])
         levels = m.plasma.levels(t)
         for s in m.species:
-            row[f"total_{s.name}"] = s.solver.total()
+            row[f"total_{s.name}"] = self._species_totals[s.name]
             if s.kind == "drug":
                 row[f"plasma_{s.name}"] = levels[s.name]
         if self.scenario.treatment.lines:
@@ -556,7 +566,7 @@ class Run:
             "wall_time_seconds": wall,
             "in_loop": {"matrix_assemblies": loop_counters["matrix_assemblies"],
                         "form_compilations": loop_counters["form_compilations"]},
-            "final_totals": {s.name: s.solver.total() for s in m.species},
+            "final_totals": dict(self._species_totals),
         }
         if m.N is not None:
             burdens = np.array([r["burden"] for r in rows])
