@@ -23,6 +23,7 @@ The kill model and the pointwise dynamics that use these traits are in :mod:`sol
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
@@ -40,12 +41,16 @@ TRAIT_ORDER = ("target_mutation", "bypass", "pgp", "dna_repair")
 
 Mechanism = Literal[MECHANISMS]  # type: ignore[valid-type]
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # as solver.spec.Name
+
 GrowthRate = Quantity("1/hour", "1/day", ge=0, description="proliferation rate g")
 Repair = Quantity("dimensionless", "dimensionless", ge=0, lt=1, description="DNA repair rho")
 PumpCapacity = Quantity("uM/hour", "uM/hour", ge=0, description="P-gp pump capacity V_max")
 
 
 def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a volume fraction, got {type(value).__name__} {value!r}")
     v = parse_quantity(value, "dimensionless", "dimensionless")
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{value!r} is not a volume fraction between 0 and 1")
@@ -58,7 +63,7 @@ def _initial(value: Any) -> float | dict[str, float]:
     if isinstance(value, dict):
         out = {}
         for region, v in value.items():
-            if not isinstance(region, str) or not region.isidentifier():
+            if not isinstance(region, str) or not _NAME.fullmatch(region):
                 raise ValueError(f"{region!r} is not a region name (letters, digits, underscores)")
             try:
                 out[region] = _fraction(v)
@@ -122,21 +127,24 @@ class CloneSpec(Spec):
         description="resistance mechanism named in reports and by sequencing; default from the "
                     "traits (" + ", ".join(TRAIT_ORDER) + ", in that order), none = sensitive")
 
-    @property
-    def initial_total(self) -> float:
-        """The largest initial fraction over regions (the uniform value when uniform)."""
-        return max(self.initial.values(), default=0.0) if isinstance(self.initial, dict) else self.initial
-
-    def initial_in(self, region: str) -> float:
+    def initial_in(self, region: str | None) -> float:
         """Initial volume fraction in ``region``."""
         return self.initial.get(region, 0.0) if isinstance(self.initial, dict) else self.initial
+
+
+# Own annotated types for the required quantities: pydantic 2.10 lets a default given to a
+# shared type (``decay: Rate = 0.0`` elsewhere) leak into ``x: Rate = Field(description=...)``,
+# which would make these keys silently optional.
+NecrosisRate = Quantity("1/hour", "1/hour", ge=0, description="death rate below the threshold")
+NecrosisThreshold = Quantity("uM", "uM", ge=0, description="oxygen level below which cells "
+                                                          "become necrotic")
 
 
 class NecrosisSpec(Spec):
     """Necrosis in severe hypoxia: cells die at ``rate`` [1/hour] where oxygen < ``threshold`` [µM]."""
 
-    rate: Rate = Field(description="death rate below the threshold")
-    threshold: Concentration = Field(description="oxygen level below which cells become necrotic")
+    rate: NecrosisRate
+    threshold: NecrosisThreshold
 
 
 class ClonesSpec(Spec):
@@ -170,8 +178,9 @@ class ClonesSpec(Spec):
                 if dst not in self.clones:
                     raise ValueError(at(f"{here}.{dst}", f"unknown clone {dst!r}; clones: {_choices(names)}"))
                 if dst == src:
-                    raise ValueError(at(f"{here}.{dst}", "a clone cannot mutate into itself; name "
-                                                         f"another clone: {_choices(n for n in names if n != src)}"))
+                    others = _choices(n for n in names if n != src)
+                    raise ValueError(at(f"{here}.{dst}", f"a clone cannot mutate into itself; name "
+                                                         f"another clone: {others}"))
             total = sum(row.values())
             if total > 1.0 + 1e-12:
                 raise ValueError(at(here, f"mutation probabilities per division of {src!r} add up to "
@@ -183,7 +192,7 @@ class ClonesSpec(Spec):
         # A region no mapping names holds only the uniform densities, never more than a named one.
         regions = sorted({r for c in self.clones.values() if isinstance(c.initial, dict) for r in c.initial})
         for region in regions or [None]:
-            amounts = {n: (c.initial_in(region) if region else c.initial_total) for n, c in self.clones.items()}
+            amounts = {n: c.initial_in(region) for n, c in self.clones.items()}
             total = sum(amounts.values())
             if total > 1.0 + 1e-12:
                 where = "" if region is None else f" in region {region!r}"
@@ -193,10 +202,6 @@ class ClonesSpec(Spec):
                                                          f"of at most 1"))
 
     # -- views used by the rest of the solver --------------------------------------------------
-    @property
-    def names(self) -> list[str]:
-        return list(self.clones)
-
     def mechanisms(self) -> dict[str, str | None]:
         """Clone -> resistance mechanism (None = sensitive), as the protocol needs it."""
         return {n: c.mechanism for n, c in self.clones.items()}

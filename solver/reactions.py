@@ -11,26 +11,26 @@ it is the same on any number of ranks and is tested in milliseconds:
 Units: concentrations µM, rates 1/hour, time hour, P-gp capacity µM/hour; cell densities are
 volume fractions of the packing capacity.
 
-Arrays are processed in blocks of :data:`BLOCK` dofs with preallocated scratch rows, so a step
-reads and writes each clone density about twice from memory and the intermediate values stay
-in cache (a vectorised NumPy expression over all dofs would stream every temporary through
-memory).
+Arrays are processed in blocks of :data:`BLOCK` dofs with preallocated scratch rows: every
+operation is a vectorised NumPy call with ``out=``, nothing is allocated during a step, and the
+scratch memory is a few MB whatever the mesh (the ~40 intermediate arrays of a step over 1e6
+dofs would be 320 MB). The cost against a sparse matrix-vector product is measured by
+:func:`benchmark` (``python3 -m solver.reactions``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # the specs are only read by the constructors
-    from .clones import ClonesSpec
-    from .drugs import DrugSpec
+from .clones import KILLING_CLASSES, ClonesSpec
+from .drugs import DrugSpec
 
-#: Dofs per block. Measured on the 2-core Xeon of PERFORMANCE-NOTES: 8k-32k dofs keep the
-#: scratch rows of 4 clones x 3 drugs in L2 while the per-call overhead of NumPy stays small.
+#: Dofs per block. The cost per dof was the same for 4k-16k dofs per block on the machine of
+#: PERFORMANCE-NOTES; fewer, larger blocks mean fewer Python-level calls.
 BLOCK = 16384
 
 #: Densities below this are set to 0, and the kill factor exp(-κ dt) is held above it: values
@@ -93,17 +93,20 @@ def _twice_intracellular(x, ratio: float, scale, km: float, out, q, k4, a) -> np
     return out
 
 
-def hill(c, ec50, n: float) -> np.ndarray:
+def hill(c, ec50, n: float, out: np.ndarray | None = None):
     """Hill activation A = c^n / (c^n + EC50^n) ∈ [0, 1] (c and EC50 in the same unit).
 
-    A negative ``c`` (solver round-off) counts as 0; ``A(0) = 0`` even for EC50 = 0.
+    A negative ``c`` (solver round-off) counts as 0; A(0) = 0 even for EC50 = 0.
     """
-    c = np.maximum(np.asarray(c, float), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.divide(ec50, c)              # 1/(1 + (EC50/c)^n) cannot become inf/inf
-        r = np.power(r, n)
-        r = 1.0 / (1.0 + r)
-    return np.where(c > 0.0, r, 0.0)
+    r = np.maximum(c, 0.0, out=out) if out is not None else np.array(np.maximum(c, 0.0), dtype=float)
+    # as 1/(1 + (EC50/c)^n): no inf/inf for large c, and c = 0 gives 1/(1 + inf) = 0 (no select)
+    with np.errstate(divide="ignore"):
+        np.divide(np.maximum(ec50, 1e-300), r, out=r)
+    if n != 1.0:
+        np.power(r, n, out=r)
+    r += 1.0
+    np.reciprocal(r, out=r)
+    return r if r.ndim else float(r)
 
 
 def hypoxia(o, o_half: float | None, out: np.ndarray | None = None,
@@ -162,7 +165,7 @@ class KillModel:
         return len(self.drugs)
 
     @classmethod
-    def from_specs(cls, clones: "ClonesSpec", drugs: dict[str, "DrugSpec"], *,
+    def from_specs(cls, clones: ClonesSpec, drugs: dict[str, DrugSpec], *,
                    factor_half: float | None = None, oxygen_half: float | None = None) -> "KillModel":
         """Build from the validated scenario sections.
 
@@ -171,8 +174,6 @@ class KillModel:
         half-maximal proliferation (None: oxygen off). With ``clones.hypoxia_growth`` false,
         oxygen does not slow cycle-dependent kill either: both act through proliferation.
         """
-        from .clones import KILLING_CLASSES
-
         names = list(drugs)
         specs = [drugs[n] for n in names]
         K, J = len(clones.clones), len(names)
@@ -354,12 +355,12 @@ def _kill_into(acc: _Sum, scale: float, m: KillModel, plan: _Plan, c, s, o, h, w
     x = {j: np.maximum(c[j], 0.0, out=ws.take(B)) for j in plan.drugs}
     if plan.hypoxic and h is None:
         h = hypoxia(o, m.oxygen_half, out=ws.take(B), scratch=ws.take(B))
-    tmp, scratch = ws.take(B), ws.take(B)
+    tmp = ws.take(B)
     shield = None   # S = s_eff/(s_eff + K_s), s_eff = s Π(1 − A_blocker)
     if plan.shield:
         shield = np.maximum(s, 0.0, out=ws.take(B))
         for j, ec50, n in m.blockers:
-            _activation(c[j], ec50, n, tmp, scratch)
+            hill(c[j], ec50, n, out=tmp)
             np.subtract(1.0, tmp, out=tmp)
             shield *= tmp
         np.add(shield, m.factor_half, out=tmp)
@@ -369,16 +370,17 @@ def _kill_into(acc: _Sum, scale: float, m: KillModel, plan: _Plan, c, s, o, h, w
         left = ws.take(B)
         left[...] = 1.0
         for j, p, ec50, n in m.inhibitors:
-            _activation(c[j], ec50, n, tmp, scratch)
+            hill(c[j], ec50, n, out=tmp)
             tmp *= -p
             tmp += 1.0
             left *= tmp
     w = []
+    if plan.pumps:
+        scratch = (tmp, ws.take(B), ws.take(B))
     for j, i in plan.sources:
         n = float(m.hill[j])
         if i >= 0:
-            v = _twice_intracellular(x[j], m.vmax[i] / m.kin, left, m.km, ws.take(B), tmp,
-                                     scratch, acc.tmp)
+            v = _twice_intracellular(x[j], m.vmax[i] / m.kin, left, m.km, ws.take(B), *scratch)
             w.append(v if n == 1.0 else np.power(v, n, out=v))
         else:
             w.append(x[j] if n == 1.0 else np.power(x[j], n, out=ws.take(B)))
@@ -402,16 +404,6 @@ def _kill_into(acc: _Sum, scale: float, m: KillModel, plan: _Plan, c, s, o, h, w
         np.divide(weighted[wt], tmp, out=tmp)
         for i, coeff in users:
             acc.add(i, tmp, coeff * scale)
-
-
-def _activation(c: np.ndarray, ec50: float, n: float, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """Hill activation of an outside level into ``out`` (for inhibitors and blockers)."""
-    np.maximum(c, 0.0, out=out)
-    if n != 1.0:
-        np.power(out, n, out=out)
-    np.add(out, max(ec50 ** n, 1e-300), out=scratch)
-    np.divide(out, scratch, out=out)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,7 +442,8 @@ class CloneReactions:
         self.n_dofs = int(n_dofs)
         self.growth = np.asarray(growth, float).reshape(K)
         mu = np.zeros((K, K)) if mutation is None else np.array(mutation, float).reshape(K, K)
-        if (self.growth < 0).any() or (mu < 0).any() or np.diagonal(mu).any() or (mu.sum(1) > 1 + 1e-12).any():
+        if ((self.growth < 0).any() or (mu < 0).any() or np.diagonal(mu).any()
+                or (mu.sum(axis=1) > 1 + 1e-12).any()):
             raise ValueError("growth and mutation must be non-negative, mu[i][i] = 0 and every "
                              "row of mu must sum to at most 1")
         if not (max_growth_step > 0 and math.isfinite(max_growth_step)):
@@ -459,6 +452,7 @@ class CloneReactions:
         inflow = (mu * self.growth[:, None]).T                          # M_ik = μ_ki g_k
         self.inflow = inflow
         self.donors = [k for k in range(K) if inflow[:, k].any()]
+        # receivers: (clone i, [(row of donor k in the flux rows, M_ik), ...])
         self.receivers = [(i, [(self.donors.index(k), float(inflow[i, k])) for k in self.donors
                                if inflow[i, k] > 0]) for i in range(K) if inflow[i].any()]
         self.immune = np.zeros(K) if immune_kill is None else np.asarray(immune_kill, float).reshape(K)
@@ -477,7 +471,7 @@ class CloneReactions:
         self._mask = np.empty((K, B), bool)
 
     @classmethod
-    def from_specs(cls, clones: "ClonesSpec", drugs: dict[str, "DrugSpec"], n_dofs: int, *,
+    def from_specs(cls, clones: ClonesSpec, drugs: dict[str, DrugSpec], n_dofs: int, *,
                    factor_half: float | None = None, oxygen_half: float | None = None,
                    **kwargs) -> "CloneReactions":
         """Build from the scenario sections (see :meth:`KillModel.from_specs` for the halves)."""
@@ -494,8 +488,9 @@ class CloneReactions:
         return max(1, math.ceil(dt * g / self.max_growth_step - 1e-9))
 
     def cell_density(self, N: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """N_tot = Σ_i N_i per dof: the cell density that takes up drugs, factor and oxygen."""
-        return np.sum(N, axis=0, out=out)
+        """N_tot = Σ_i N_i per dof: the cell density that takes up drugs, factor and oxygen
+        (the factor of the sink k N_tot c of transport)."""
+        return _total(N, np.empty(N.shape[1]) if out is None else out)
 
     def advance(self, N: np.ndarray, c: np.ndarray | None, s: np.ndarray | None,
                 o: np.ndarray | None, e: np.ndarray | None, dt: float) -> None:
@@ -564,7 +559,7 @@ class CloneReactions:
         E *= decay
         np.multiply(N, E, out=N1)
         if self.receivers:
-            self._sources(N, hF, tau, flux, src)
+            self._sources(N, hF, tau, flux, src, tmp)
             for r, (i, _) in enumerate(self.receivers):
                 np.multiply(src[r], E[i], out=tmp)
                 N1[i] += tmp
@@ -580,10 +575,10 @@ class CloneReactions:
         np.multiply(bt, hFbar, out=E)
         if self.receivers:
             z = N1                      # the predictor is used up once its inflow is known
-            self._sources(N1, F1, tau, flux, None)
+            self._sources(N1, F1, tau, flux, None, tmp)
             for r, (i, donors) in enumerate(self.receivers):
-                for d, (k, weight) in enumerate(donors):
-                    np.multiply(flux[k], weight * tau, out=tmp)
+                for d, weight in donors:
+                    np.multiply(flux[d], weight * tau, out=tmp)
                     src[r] += tmp
                 src[r] *= 0.5
                 np.add(E[i], negloss[i], out=z[r])
@@ -603,18 +598,19 @@ class CloneReactions:
         np.less(N, TINY, out=mask)
         N[mask] = 0.0                   # (faster than np.copyto with where=)
 
-    def _sources(self, N, hF, tau: float, flux, src) -> None:
-        """Donor fluxes h F N_k into ``flux``, and, if ``src`` is given, the inflows
-        τ Σ_k M_ik h F N_k of the receivers into it."""
+    def _sources(self, N, hF, tau: float, flux, src, tmp) -> None:
+        """Donor fluxes h F N_k into ``flux`` (one row per donor), and, if ``src`` is given,
+        the inflows τ Σ_k M_ik h F N_k of the receivers into it."""
         for d, k in enumerate(self.donors):
             np.multiply(N[k], hF, out=flux[d])
         if src is None:
             return
         for r, (_, donors) in enumerate(self.receivers):
-            (k, weight), *rest = donors
-            np.multiply(flux[k], weight * tau, out=src[r])
-            for k, weight in rest:
-                src[r] += flux[k] * (weight * tau)
+            (d, weight), *rest = donors
+            np.multiply(flux[d], weight * tau, out=src[r])
+            for d, weight in rest:
+                np.multiply(flux[d], weight * tau, out=tmp)
+                src[r] += tmp
 
 
 def _total(N, out) -> np.ndarray:
@@ -674,13 +670,11 @@ def resistant_fraction(N: np.ndarray, resistant_mask: Sequence[bool],
 def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
     """Time :meth:`CloneReactions.advance` (4 clones, 3 drugs, mutation, P-gp, factor, oxygen,
     immune kill, dt = 1 h) on ``n`` dofs against one sparse matrix-vector product with a 3-D P1
-    stencil (15 nonzeros per row), the MatMult-equivalent (MM). Returns seconds and ratios."""
+    stencil (15 nonzeros per row), the MatMult-equivalent (MM). Returns median seconds over
+    ``repeat`` calls and the ratios."""
     import time
 
     import scipy.sparse as sp
-
-    from .clones import ClonesSpec
-    from .drugs import DrugSpec
 
     clones = ClonesSpec.model_validate({
         "clones": {
@@ -708,7 +702,7 @@ def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
     s, o, e = rng.uniform(0, 0.05, n), rng.uniform(0.5, 50, n), rng.uniform(0, 1, n)
     N = N0.copy()
 
-    def best(f) -> float:
+    def timed(f) -> float:
         f()
         times = []
         for _ in range(repeat):
@@ -717,19 +711,19 @@ def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 
-    t_advance = best(lambda: rx.advance(N, c, s, o, e, 1.0))
+    t_advance = timed(lambda: rx.advance(N, c, s, o, e, 1.0))
     rates, work = np.empty((4, n)), Workspace(rx.block)
-    t_kill = best(lambda: kill_rates(rx.model, c, s, o, out=rates, work=work))
+    t_kill = timed(lambda: kill_rates(rx.model, c, s, o, out=rates, work=work))
     m = round(n ** (1 / 3))
     offsets = [0, 1, m, m * m, 1 + m, 1 + m * m, m + m * m, 1 + m + m * m]
     offsets = offsets + [-k for k in offsets[1:]]
     A = sp.diags([np.ones(n - abs(k)) for k in offsets], offsets, shape=(n, n), format="csr")
     x = rng.uniform(size=n)
-    t_mm = best(lambda: A @ x)
+    t_mm = timed(lambda: A @ x)
     return {"dofs": n, "clones": 4, "drugs": 3, "substeps": rx.substeps(1.0),
             "nonzeros_per_row": A.nnz / n, "advance_s": t_advance, "matmult_s": t_mm,
             "advance_per_mm": t_advance / t_mm, "advance_per_mm_per_clone": t_advance / t_mm / 4,
-            "kill_rates_s": t_kill}
+            "kill_rates_s": t_kill, "kill_rates_per_mm": t_kill / t_mm}
 
 
 if __name__ == "__main__":  # python3 -m solver.reactions

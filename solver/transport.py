@@ -95,6 +95,8 @@ class SpeciesModel:
 class SpeciesSolver:
     """Backward-Euler stepper of one species on a P1 space (see the module docstring)."""
 
+    _instances = 0
+
     def __init__(self, model: SpeciesModel, V: fem.FunctionSpace, facet_tags, *, lumped: bool = True,
                  solver: str = "auto", amg_threshold: float = 10.0, rtol: float = 1e-10,
                  cell_size: float | None = None, prefix: str | None = None):
@@ -176,7 +178,9 @@ class SpeciesSolver:
         self.h = cell_size
         self.D_max = self._max_diffusivity()
         self.ksp = PETSc.KSP().create(self.comm)
-        self.ksp.setOptionsPrefix(prefix or f"tme_{model.name}_")
+        # a prefix of its own: options set for one solver never leak into another
+        SpeciesSolver._instances += 1
+        self.ksp.setOptionsPrefix(prefix or f"tme_{model.name}_{SpeciesSolver._instances}_")
         self.ksp.setOperators(self.A)
         self._dt = None
         self._diag = self.A.createVecLeft()

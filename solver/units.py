@@ -20,7 +20,8 @@ import math
 from typing import Annotated, Any
 
 import pint
-from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+import annotated_types
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 ureg = pint.UnitRegistry()
 ureg.define("cell_fraction = [] = fraction_of_capacity")
@@ -82,10 +83,15 @@ def Quantity(base: str, default: str | None = None, *, ge: float | None = None,
     """
     default = default or base
     desc = f"{description} [{default}; a bare number is in {default}]".strip()
+    # Bounds as annotated-types constraints, not a pydantic Field: a Field inside a shared
+    # Annotated type would carry one field's default over to every later field of that type.
+    bounds = [c for c, v in ((annotated_types.Ge, ge), (annotated_types.Gt, gt),
+                             (annotated_types.Le, le), (annotated_types.Lt, lt)) if v is not None]
+    values = [v for v in (ge, gt, le, lt) if v is not None]
     return Annotated[
         float,
-        Field(ge=ge, gt=gt, le=le, lt=lt, description=desc),
         BeforeValidator(lambda v: parse_quantity(v, base, default)),
+        *[c(v) for c, v in zip(bounds, values)],
         PlainSerializer(lambda v: f"{v!r} {base}" if base not in ("", "dimensionless") else v,
                         when_used="json"),
         WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}],

@@ -124,3 +124,11 @@ def test_cli_validate_ok_and_schema(minimal):
     assert p.returncode == 0 and '"drugs"' in p.stdout
     p = _tme("--version")
     assert p.returncode == 0 and p.stdout.startswith("tme ")
+
+
+def test_a_required_quantity_stays_required(tmp_path):
+    # a default given to one field of a shared quantity type must not leak into another
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\nmesh: {kind: rectangle, size: [1, 1], cells: [1, 1]}\ntime: {}\n")
+    with pytest.raises(ScenarioError, match="time.end: required key is missing"):
+        sc.load(p)
