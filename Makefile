@@ -25,6 +25,9 @@ verify: env
 
 bench: env
 	$(ENV) python3 bench/transport.py
+	$(ENV) mpirun -n 2 python3 bench/transport.py
+	$(ENV) python3 bench/coupled.py
+	$(ENV) mpirun -n 2 python3 bench/coupled.py --skip-kernel
 
 clean:
 	rm -rf results/default .pytest_cache
