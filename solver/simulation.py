@@ -335,7 +335,6 @@ class Run:
                 dt = t1 - t
                 self._step(t, t1)
                 t, steps = t1, steps + 1
-                self._log_doses(t, events)
                 self._check(t)
                 burden, fractions, regions = self._composition()
                 if burden < nadir[0]:
@@ -352,6 +351,8 @@ class Run:
                         dt_next = dt_first
                     if decision.stop:
                         stopped = decision.events[-1].reason
+                # after the assessment: a switch at t cancels the old line's doses at t
+                self._log_doses(t, events)
                 series.add(self._row(t, dt, burden, fractions, protocol, assessed))
                 if any(abs(t - x) <= tol for x in outs) or stopped:
                     self._update_fields()
