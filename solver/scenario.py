@@ -230,7 +230,8 @@ class NumericsSpec(Spec):
     lumped_mass: bool = True
     solver: Literal["auto", "jacobi", "amg", "direct"] = "auto"
     amg_threshold: float = Field(10.0, gt=0, description="'auto' uses AMG when D dt/h^2 exceeds this")
-    rtol: float = Field(1e-10, gt=0, lt=1)
+    rtol: float = Field(1e-8, gt=0, lt=1, description="relative tolerance of every linear solve "
+                        "(the previous solution is the initial guess)")
 
 
 class SnapshotSpec(Spec):
