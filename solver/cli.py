@@ -49,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true")
 
     f = sub.add_parser("verify", help="run the verification cases against closed forms")
-    f.add_argument("--quick", action="store_true", help="coarser meshes, fewer cases")
     f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
     return p
 
@@ -96,7 +95,7 @@ def _dispatch(args, comm) -> int:
     if args.command == "verify":
         from .verify import main as verify_main
 
-        return verify_main(comm, quick=args.quick, cases=args.case)
+        return verify_main(comm, cases=args.case)
     if args.command == "compare":
         from .compare import compare
 

@@ -57,18 +57,15 @@ RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields.h5", "timeseries.csv
 class FieldWriter:
     """An XDMF time series (``fields.xdmf`` + ``fields.h5``) that ParaView opens."""
 
-    def __init__(self, path: Path, mesh, static: list = ()):
+    def __init__(self, path: Path, mesh):
         from dolfinx import io
 
         self.file = io.XDMFFile(mesh.comm, str(path), "w")
         self.file.write_mesh(mesh)
-        self.static = list(static)
-        self.count = 0
 
     def write(self, functions: list, t: float):
-        for f in list(functions) + self.static:
+        for f in functions:
             self.file.write_function(f, t)
-        self.count += 1
 
     def close(self):
         self.file.close()

@@ -73,6 +73,7 @@ class Model:
     resistant_field: fem.Function | None = None
     reactions: CloneReactions | None = None
     motility: list[SpeciesSolver] = field(default_factory=list)
+    sv_dofs: np.ndarray | None = None             # S_V at the dofs (immune recruitment) [1/µm]
 
     def get(self, kind: str) -> Species | None:
         return next((s for s in self.species if s.kind == kind), None)

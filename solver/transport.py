@@ -304,11 +304,6 @@ class SpeciesSolver:
         return self.iterations
 
     # ----------------------------------------------------------------------------------------
-    def total(self) -> float:
-        """∫ c dx with the lumped mass (µM·µm^d), the amount the scheme conserves."""
-        n = self.m.size
-        return self.comm.allreduce(float(self.m @ self.c.x.array[:n]), op=MPI.SUM)
-
     def balance(self) -> dict:
         """Amounts over the last step: change, vessel inflow, uptake, decay, boundary outflow.
 

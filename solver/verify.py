@@ -340,7 +340,7 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def main(comm, quick: bool = False, cases: list[str] = ()) -> int:
+def main(comm, cases: list[str] = ()) -> int:
     from .spec import ScenarioError
 
     unknown = [c for c in cases if c not in CASES]

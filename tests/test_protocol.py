@@ -6,7 +6,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from solver.protocol import (AssessmentSpec, Line, Protocol, ProgressionSpec, StopSpec,
+from solver.protocol import (AssessmentSpec, Protocol, ProgressionSpec, StopSpec,
                              TreatmentSpec, check_references, sequence)
 
 WEEK = 7 * 24.0
