@@ -132,3 +132,11 @@ def test_a_required_quantity_stays_required(tmp_path):
     p.write_text("name: t\nmesh: {kind: rectangle, size: [1, 1], cells: [1, 1]}\ntime: {}\n")
     with pytest.raises(ScenarioError, match="time.end: required key is missing"):
         sc.load(p)
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_validates_and_says_what_it_shows(config):
+    scen = sc.load(config)
+    assert scen.name == config.stem
+    header = config.read_text().splitlines()[0]
+    assert header.startswith("# ") and len(header) > 20
