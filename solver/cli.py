@@ -21,25 +21,34 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tme", description="Tumour microenvironment under chemotherapy: "
                                 "drug transport, clonal resistance and treatment strategies (FEniCSx).")
     p.add_argument("--version", action="version", version=f"tme {__version__}")
-    p.add_argument("--log-all-ranks", action="store_true", help="every MPI rank logs, not only rank 0")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    # accepted before or after the command (tme --quiet run ... or tme run ... --quiet)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-all-ranks", action="store_true", default=argparse.SUPPRESS,
+                        help="every MPI rank logs, not only rank 0")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only warnings and errors")
+    for action in common._actions:
+        p._add_action(action)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a scenario")
+    def add(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    r = add("run", help="run a scenario")
     r.add_argument("config", type=Path, help="scenario YAML file")
     r.add_argument("--out", type=Path, help="output directory (default results/<scenario name>)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a scenario value, e.g. --set time.end='10 day' (repeatable)")
     r.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
 
-    v = sub.add_parser("validate", help="check a scenario and print its resolved form")
+    v = add("validate", help="check a scenario and print its resolved form")
     v.add_argument("config", type=Path)
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     v.add_argument("--quiet-ok", action="store_true", help="print nothing when valid")
 
-    sub.add_parser("schema", help="print the JSON schema of scenario files")
+    add("schema", help="print the JSON schema of scenario files")
 
-    c = sub.add_parser("compare", help="run several scenarios (or a sweep) and compare them")
+    c = add("compare", help="run several scenarios (or a sweep) and compare them")
     c.add_argument("configs", type=Path, nargs="+", metavar="CONFIG")
     c.add_argument("--sweep", action="append", default=[], metavar="KEY.PATH=V1,V2,...",
                    help="one run per value (repeatable: the runs are the product)")
@@ -48,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, help="output directory")
     c.add_argument("--overwrite", action="store_true")
 
-    f = sub.add_parser("verify", help="run the verification cases against closed forms")
+    f = add("verify", help="run the verification cases against closed forms")
     f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
     return p
 
@@ -58,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    logger = log.setup(comm.rank, comm.size, args.log_all_ranks, level=30 if args.quiet else 20)
+    all_ranks, quiet = getattr(args, "log_all_ranks", False), getattr(args, "quiet", False)
+    logger = log.setup(comm.rank, comm.size, all_ranks, level=30 if quiet else 20)
     if args.command is None:
         _parser().print_help()
         return 2

@@ -19,6 +19,24 @@ import numpy as np
 from .spec import ScenarioError
 
 
+def check_directory(out: Path, comm, overwrite: bool) -> None:
+    """Refuse ``out`` when it is a file, or a non-empty directory without ``overwrite``.
+
+    Writes nothing: a run checks this before its (possibly long) set-up.
+    """
+    out = Path(out)
+    err = None
+    if comm.rank == 0:
+        if out.exists() and not out.is_dir():
+            err = f"--out {out}: exists and is not a directory"
+        elif out.is_dir() and any(out.iterdir()) and not overwrite:
+            err = (f"--out {out}: directory is not empty; choose another --out or pass --overwrite "
+                   f"to replace the results in it")
+    err = comm.bcast(err, root=0)
+    if err:
+        raise ScenarioError(err)
+
+
 def prepare_directory(out: Path, comm, overwrite: bool) -> Path:
     """Create ``out``; a non-empty directory is refused unless ``overwrite``.
 
@@ -26,26 +44,17 @@ def prepare_directory(out: Path, comm, overwrite: bool) -> Path:
     there.
     """
     out = Path(out)
-    err = None
+    check_directory(out, comm, overwrite)
     if comm.rank == 0:
-        if out.exists() and not out.is_dir():
-            err = f"--out {out}: exists and is not a directory"
-        elif out.is_dir() and any(out.iterdir()):
-            if not overwrite:
-                err = (f"--out {out}: directory is not empty; choose another --out or pass --overwrite "
-                       f"to replace the results in it")
-            else:
-                for name in RUN_FILES:
-                    p = out / name
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    elif p.exists():
-                        p.unlink()
-        if err is None:
-            out.mkdir(parents=True, exist_ok=True)
-    err = comm.bcast(err, root=0)
-    if err:
-        raise ScenarioError(err)
+        if out.is_dir() and overwrite:
+            for name in RUN_FILES:
+                p = out / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+    comm.barrier()
     return out
 
 

@@ -277,6 +277,7 @@ class Run:
         self.scenario, self.comm = scenario, comm
         self.logger = log.get()
         # everything a scenario can get wrong is found while building: before any file is written
+        outputs.check_directory(Path(out), comm, overwrite)
         self.model = build(scenario, comm)
         self.out = outputs.prepare_directory(Path(out), comm, overwrite)
         if comm.rank == 0:

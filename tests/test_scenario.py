@@ -140,3 +140,9 @@ def test_every_shipped_scenario_validates_and_says_what_it_shows(config):
     assert scen.name == config.stem
     header = config.read_text().splitlines()[0]
     assert header.startswith("# ") and len(header) > 20
+
+
+def test_global_options_before_or_after_the_command(minimal):
+    assert _tme("--quiet", "validate", str(minimal), "--quiet-ok").returncode == 0
+    p = _tme("validate", str(minimal), "--quiet-ok", "--log-all-ranks", "-q")
+    assert p.returncode == 0, p.stderr

@@ -253,6 +253,7 @@ def test_non_empty_output_refused_without_overwrite(tmp_path):
     keep.write_text("mine")
     p = _tme("run", str(DEFAULT), "--out", str(out), *sum((["--set", o] for o in COARSE + ["time.end=2 hour"]), []))
     assert p.returncode == 2 and "not empty" in p.stderr and "--overwrite" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert keep.read_text() == "mine" and sorted(x.name for x in out.iterdir()) == ["notes.txt"]
     p = _tme("run", str(DEFAULT), "--out", str(out), "--overwrite",
              *sum((["--set", o] for o in COARSE + ["time.end=2 hour"]), []))
