@@ -145,14 +145,35 @@ def plot_series(path: Path, t_hours: np.ndarray, series: dict[str, np.ndarray], 
 
 
 def _start_xvfb():
-    import pyvista
+    """Give this process a virtual X server of its own (Debian's VTK renders off-screen only
+    through X). Xvfb picks a free display itself (-displayfd), so a stale lock or another
+    process's server never gets in the way; it is stopped when the process exits."""
+    import atexit
+    import select
+    import subprocess
 
     if os.environ.get("DISPLAY"):
         return
+    read, write = os.pipe()
     try:
-        pyvista.start_xvfb()
-    except OSError:
-        pass
+        proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1920x1080x24",
+                                 "-nolisten", "tcp"], pass_fds=(write,),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise RuntimeError("snapshots need Xvfb (Debian package xvfb) or a DISPLAY") from None
+    finally:
+        os.close(write)
+    number = b""
+    while not number.endswith(b"\n"):
+        ready, _, _ = select.select([read], [], [], 30.0)
+        chunk = os.read(read, 16) if ready else b""
+        if not chunk:
+            proc.kill()
+            raise RuntimeError("Xvfb did not start; snapshots need a virtual X server")
+        number += chunk
+    os.close(read)
+    os.environ["DISPLAY"] = f":{int(number)}"
+    atexit.register(proc.terminate)
 
 
 def snapshot(path: Path, functions: list, t: float, comm):

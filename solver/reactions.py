@@ -537,16 +537,15 @@ class CloneReactions:
             np.exp(decay, out=decay)
             Nb = N[:, sl]
             for step in range(steps):
-                self._substep(Nb, negloss, decay, h, tau, B, fresh=step == 0)
+                self._substep(Nb, negloss, decay, h, tau, B)
 
     # ----------------------------------------------------------------------------------------
-    def _substep(self, N, negloss, decay, h, tau: float, B: int, fresh: bool) -> None:
+    def _substep(self, N, negloss, decay, h, tau: float, B: int) -> None:
         F, hF, F1, hFbar, tot, tmp = (row[:B] for row in self._rows[:6])
         E, N1 = self._E[:, :B], self._N1[:, :B]
         flux, src = self._flux[:, :B], self._src[:, :B]
         bt = (self.retained * tau)[:, None]
-        if fresh:           # later substeps start from the total the last one ended with
-            _total(N, tot)
+        _total(N, tot)  # from N itself: a total carried over from the last substep went stale
         np.subtract(1.0, tot, out=F)
         np.maximum(F, 0.0, out=F)
         if h is None:
@@ -729,3 +728,4 @@ def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
 if __name__ == "__main__":  # python3 -m solver.reactions
     for key, value in benchmark().items():
         print(f"{key:>26}: {value:.4g}" if isinstance(value, float) else f"{key:>26}: {value}")
+
