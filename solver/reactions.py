@@ -666,15 +666,11 @@ def resistant_fraction(N: np.ndarray, resistant_mask: Sequence[bool],
 # Benchmark
 
 
-def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
-    """Time :meth:`CloneReactions.advance` (4 clones, 3 drugs, mutation, P-gp, factor, oxygen,
-    immune kill, dt = 1 h) on ``n`` dofs against one sparse matrix-vector product with a 3-D P1
-    stencil (15 nonzeros per row), the MatMult-equivalent (MM). Returns median seconds over
-    ``repeat`` calls and the ratios."""
-    import time
-
-    import scipy.sparse as sp
-
+def example_specs() -> tuple[ClonesSpec, dict[str, DrugSpec]]:
+    """A clone population and drugs that exercise the kill model: 4 clones (sensitive, target
+    mutation, P-gp, DNA repair with reduced factor sensitivity), mutation, necrosis, immune kill,
+    and 3 drugs (a DNA-damaging and an antimitotic P-gp substrate, a targeted drug), two of them
+    shielded by the survival factor. Used by :func:`benchmark` and the tests."""
     clones = ClonesSpec.model_validate({
         "clones": {
             "sensitive": {"growth": "0.6 1/day", "initial": 0.5, "immune_kill": 0.02},
@@ -694,6 +690,19 @@ def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
         "erlotinib": DrugSpec.model_validate({**base, "class": "targeted", "emax": 0.06, "ec50": 0.2,
                                               "target": "EGFR", "factor_protection": 0.8}),
     }
+    return clones, drugs
+
+
+def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
+    """Time :meth:`CloneReactions.advance` (4 clones, 3 drugs, mutation, P-gp, factor, oxygen,
+    immune kill, dt = 1 h) on ``n`` dofs against one sparse matrix-vector product with a 3-D P1
+    stencil (15 nonzeros per row), the MatMult-equivalent (MM). Returns median seconds over
+    ``repeat`` calls and the ratios."""
+    import time
+
+    import scipy.sparse as sp
+
+    clones, drugs = example_specs()
     rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0)
     rng = np.random.default_rng(seed)
     N0 = rng.uniform(0.0, 0.2, (4, n))

@@ -275,22 +275,21 @@ def ecm_hindrance(comm, n=200) -> Result:
 
 def _partition_problem(c):
     """A transient problem with vessel walls, a patchy S_V and uptake; (dof coords, values)."""
-    if True:
-        dom = meshes.build(BuiltinMesh(kind="rectangle", size=[200.0, 100.0], cells=[40, 20],
-                                       origin=[0.0, 0.0]), c)
-        V = fem.functionspace(dom.mesh, ("Lagrange", 1))
-        W = fem.functionspace(dom.mesh, ("DG", 0))
-        sv = fem.Function(W)
-        sv.interpolate(lambda X: 0.01 + 0.02 * (X[0] > 100))
-        model = SpeciesModel("c", fem.Constant(dom.mesh, 900.0), decay=0.1, uptake=0.2, permeability=2.0,
-                             vascular_density=sv, plasma=lambda t0, t1: 1.0,
-                             wall_facets=dom.facet("left", "verify"))
-        s = SpeciesSolver(model, V, dom.facet_tags, rtol=1e-13, cell_size=5.0)
-        ones = np.ones(V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts)
-        for i in range(5):
-            s.step(i * 2.0, (i + 1) * 2.0, ones)
-        xy = V.tabulate_dof_coordinates()[: V.dofmap.index_map.size_local, :2]
-        return xy, s.c.x.array[: V.dofmap.index_map.size_local].copy()
+    dom = meshes.build(BuiltinMesh(kind="rectangle", size=[200.0, 100.0], cells=[40, 20],
+                                   origin=[0.0, 0.0]), c)
+    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+    W = fem.functionspace(dom.mesh, ("DG", 0))
+    sv = fem.Function(W)
+    sv.interpolate(lambda X: 0.01 + 0.02 * (X[0] > 100))
+    model = SpeciesModel("c", fem.Constant(dom.mesh, 900.0), decay=0.1, uptake=0.2, permeability=2.0,
+                         vascular_density=sv, plasma=lambda t0, t1: 1.0,
+                         wall_facets=dom.facet("left", "verify"))
+    s = SpeciesSolver(model, V, dom.facet_tags, rtol=1e-13, cell_size=5.0)
+    ones = np.ones(V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts)
+    for i in range(5):
+        s.step(i * 2.0, (i + 1) * 2.0, ones)
+    xy = V.tabulate_dof_coordinates()[: V.dofmap.index_map.size_local, :2]
+    return xy, s.c.x.array[: V.dofmap.index_map.size_local].copy()
 
 
 def partition_independence(comm) -> Result:

@@ -447,32 +447,15 @@ def test_benchmark_reports_cost_in_matmults():
 
 
 def _every_mechanism(n):
-    from solver.clones import ClonesSpec
+    """The example population of solver.reactions plus a P-gp inhibitor and a factor blocker."""
     from solver.drugs import DrugSpec
-    from solver.reactions import CloneReactions
+    from solver.reactions import CloneReactions, example_specs
 
-    clones = ClonesSpec.model_validate({
-        "clones": {
-            "sensitive": {"growth": "0.6 1/day", "initial": 0.5, "immune_kill": 0.02},
-            "t790m": {"growth": "0.5 1/day", "ec50_shift": {"erlotinib": 50}, "bypass": {"EGFR": 0.3}},
-            "mdr": {"growth": "0.45 1/day", "pgp_vmax": 400, "immune_kill": 0.01},
-            "repair": {"growth": "0.5 1/day", "repair": 0.6, "factor_sensitivity": 0.5},
-        },
-        "mutation": {"sensitive": {"t790m": 1e-2, "mdr": 1e-2, "repair": 1e-2}, "mdr": {"repair": 0.05}},
-        "necrosis": {"rate": 0.05, "threshold": 1.0},
-    })
-    base = {"diffusivity": 16}
-    drugs = {
-        "doxorubicin": DrugSpec.model_validate({**base, "class": "dna_damaging", "emax": 0.1, "ec50": 0.5,
-                                                "pgp_substrate": True, "factor_protection": 0.5}),
-        "paclitaxel": DrugSpec.model_validate({**base, "class": "antimitotic", "emax": 0.08, "ec50": 0.05,
-                                               "hill": 2.0, "pgp_substrate": True, "cycle_dependent": True}),
-        "erlotinib": DrugSpec.model_validate({**base, "class": "targeted", "emax": 0.06, "ec50": 0.2,
-                                              "target": "EGFR", "factor_protection": 0.8}),
-        "tariquidar": DrugSpec.model_validate({**base, "class": "pgp_inhibitor", "ec50": 0.1,
-                                               "pgp_inhibition": 0.9}),
-        "anti_met": DrugSpec.model_validate({**base, "class": "factor_blocker", "ec50": 0.05, "hill": 1.5}),
-    }
+    clones, drugs = example_specs()
+    drugs["tariquidar"] = DrugSpec.model_validate({"diffusivity": 16, "class": "pgp_inhibitor",
+                                                   "ec50": 0.1, "pgp_inhibition": 0.9})
+    drugs["anti_met"] = DrugSpec.model_validate({"diffusivity": 16, "class": "factor_blocker",
+                                                 "ec50": 0.05, "hill": 1.5})
     return CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0)
 
 
