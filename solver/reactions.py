@@ -39,6 +39,11 @@ BLOCK = 16384
 TINY = 1e-150
 _LOG_TINY = math.log(TINY)
 
+#: How :class:`CloneReactions` computes a step: ``compiled`` (C generated for the population,
+#: see :mod:`solver.kernel`), ``numpy`` (the reference path), ``auto`` (compiled when a C
+#: compiler is at hand, else NumPy with a warning).
+KERNELS = ("auto", "compiled", "numpy")
+
 #: Largest g·dt per substep of :meth:`CloneReactions.advance` (its accuracy control).
 MAX_GROWTH_STEP = 0.1
 
@@ -436,8 +441,13 @@ class CloneReactions:
     def __init__(self, model: KillModel, growth: Sequence[float], mutation, n_dofs: int, *,
                  immune_kill: Sequence[float] | None = None,
                  necrosis: tuple[float, float] | None = None,
-                 max_growth_step: float = MAX_GROWTH_STEP, block: int = BLOCK):
+                 max_growth_step: float = MAX_GROWTH_STEP, block: int = BLOCK,
+                 kernel: str = "auto"):
         K = model.n_clones
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+        self.kernel = kernel
+        self._compiled: dict = {}
         self.model = model
         self.n_dofs = int(n_dofs)
         self.growth = np.asarray(growth, float).reshape(K)
@@ -493,24 +503,42 @@ class CloneReactions:
         return _total(N, np.empty(N.shape[1]) if out is None else out)
 
     def advance(self, N: np.ndarray, c: np.ndarray | None, s: np.ndarray | None,
-                o: np.ndarray | None, e: np.ndarray | None, dt: float) -> None:
+                o: np.ndarray | None, e: np.ndarray | None, dt: float,
+                total: np.ndarray | None = None) -> None:
         """Advance the densities ``N`` (K, n) in place over ``dt`` [hour].
 
         ``c`` (J, n) drug levels [µM] (None without drugs), ``s`` survival factor [µM], ``o``
-        oxygen [µM], ``e`` immune effector density (each (n,), or None when off), all held
-        constant over the step.
+        oxygen [µM], ``e`` immune effector density (each (n,) or longer, or None when off), all
+        held constant over the step. ``total``: an (n,) array (or longer) that receives N_tot
+        at the end, or None.
         """
         K, n = self.model.n_clones, self.n_dofs
         if N.shape != (K, n):
             raise ValueError(f"N has shape {N.shape}, expected {(K, n)}")
         if c is not None and c.shape != (self.model.n_drugs, n):
             raise ValueError(f"c has shape {c.shape}, expected {(self.model.n_drugs, n)}")
+        for name, f in (("s", s), ("o", o), ("e", e), ("total", total)):
+            if f is not None and (f.ndim != 1 or len(f) < n):
+                raise ValueError(f"{name} has shape {f.shape}, expected ({n},)")
         if not dt > 0 or K == 0:
+            if total is not None:
+                _total(N, total[:n])
             return
         steps = self.substeps(dt)
         tau = dt / steps
         m, ws = self.model, self.work
         plan = _plan_for(m, c, s, o)
+        step = self._compiled_step(plan, c, o, e, N)
+        if step is not None:
+            from .kernel import pointer
+            fields = [c, s, o, e]
+            for k, f in enumerate(fields):
+                if f is not None and not (f.dtype == np.float64 and f.flags.c_contiguous):
+                    fields[k] = np.ascontiguousarray(f, dtype=float)
+            if total is not None and not (total.dtype == np.float64 and total.flags.c_contiguous):
+                raise ValueError("total must be a C-contiguous float64 array")
+            step(n, pointer(N), *(pointer(f) for f in fields), tau, steps, pointer(total))
+            return
         immune = [(i, -tau * float(v)) for i, v in enumerate(self.immune) if v > 0] if e is not None else []
         for a in range(0, n, self.block):
             sl = slice(a, min(a + self.block, n))
@@ -538,6 +566,33 @@ class CloneReactions:
             Nb = N[:, sl]
             for step in range(steps):
                 self._substep(Nb, negloss, decay, h, tau, B)
+            if total is not None:
+                _total(Nb, total[sl])
+
+    def _compiled_step(self, plan, c, o, e, N):
+        """The compiled step for the fields present, or None for the NumPy path."""
+        if self.kernel == "numpy":
+            return None
+        if not (N.dtype == np.float64 and N.flags.c_contiguous):
+            if self.kernel == "compiled":
+                raise ValueError("the compiled clone kernel needs N as a C-contiguous float64 array")
+            return None
+        m = self.model
+        key = (c is not None, o is not None and m.oxygen_half is not None,
+               e is not None and bool((self.immune > 0).any()),
+               self.necrosis is not None and o is not None, plan)
+        if key not in self._compiled:
+            from . import kernel
+            try:
+                source = kernel.generate(self, plan if c is not None else None, drugs=key[0],
+                                         oxygen=key[1], immune=key[2], necrosis=key[3])
+                self._compiled[key] = kernel.build(source)
+            except kernel.KernelError as exc:
+                if self.kernel == "compiled":
+                    raise
+                _warn_once(f"clone reactions use the NumPy path: {exc}")
+                self._compiled[key] = None
+        return self._compiled[key]
 
     # ----------------------------------------------------------------------------------------
     def _substep(self, N, negloss, decay, h, tau: float, B: int) -> None:
@@ -610,6 +665,16 @@ class CloneReactions:
             for d, weight in rest:
                 np.multiply(flux[d], weight * tau, out=tmp)
                 src[r] += tmp
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        from . import log
+        log.get().warning(message)
 
 
 def _total(N, out) -> np.ndarray:

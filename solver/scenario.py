@@ -232,6 +232,10 @@ class NumericsSpec(Spec):
     amg_threshold: float = Field(10.0, gt=0, description="'auto' uses AMG when D dt/h^2 exceeds this")
     rtol: float = Field(1e-8, gt=0, lt=1, description="relative tolerance of every linear solve "
                         "(the previous solution is the initial guess)")
+    reaction_kernel: Literal["auto", "compiled", "numpy"] = Field(
+        "auto", description="clone reaction step: 'compiled' (C generated for the population, "
+        "built with the system C compiler and cached), 'numpy' (the reference), 'auto' (compiled "
+        "when a C compiler works, else NumPy with a warning)")
 
 
 class SnapshotSpec(Spec):

@@ -227,7 +227,7 @@ def _build_clones(model: Model, cl, nloc, domain, num, h):
     sf, ox = sc.survival_factor, sc.oxygen
     model.reactions = CloneReactions.from_specs(
         cl, sc.drugs, nloc, factor_half=sf.half_effect if sf.enabled else None,
-        oxygen_half=ox.hypoxia if ox.enabled else None)
+        oxygen_half=ox.hypoxia if ox.enabled else None, kernel=num.reaction_kernel)
     if cl.motility > 0:
         for name in model.clone_names:
             model.motility.append(SpeciesSolver(
@@ -426,8 +426,7 @@ class Run:
         m = self.model
         dt = t1 - t0
         if m.reactions is not None:
-            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt)
-            np.sum(m.N, axis=0, out=m.n_tot.x.array)
+            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
         n_tot = m.n_tot.x.array
         for s in m.species:
             source = None
@@ -441,8 +440,7 @@ class Run:
                 solver.c.x.array[:] = m.N[i]
                 solver.step(t0, t1)
                 m.N[i] = np.maximum(solver.c.x.array, 0.0)
-            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt)
-            np.sum(m.N, axis=0, out=m.n_tot.x.array)
+            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
         for s in m.drugs:
             c = s.solver.c.x.array
             s.auc.x.array[:] += dt * c
