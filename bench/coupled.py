@@ -63,23 +63,28 @@ def reaction_kernel(comm, n_cells=99) -> dict:
     drugs = dict(scen.drugs)
     drugs["extra"] = drugs["doxorubicin"].model_copy(update={"pgp_substrate": False})
     n = ndofs // comm.size
-    rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.02, oxygen_half=5.0)
     rng = np.random.default_rng(0)
-    N = rng.uniform(0, 0.2, (4, n))
+    N0 = rng.uniform(0, 0.2, (4, n))
     c = rng.uniform(0, 2.0, (3, n))
     s = rng.uniform(0, 0.05, n)
     o = rng.uniform(0, 50, n)
-    rx.advance(N, c, s, o, None, 0.5)
-    comm.barrier()
-    reps = 5
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        rx.advance(N, c, s, o, None, 0.5)  # one half step, dt = 1 h
-    comm.barrier()
-    half = (time.perf_counter() - t0) / reps
-    return {"dofs": ndofs, "ranks": comm.size, "matmult_seconds": mm, "half_step_seconds": half,
-            "substeps": rx.substeps(0.5),
-            "mm_per_clone_per_step": 2 * half / (4 * mm)}
+    total = np.empty(n)
+    out = {"dofs": ndofs, "ranks": comm.size, "matmult_seconds": mm}
+    for kernel in ("compiled", "numpy"):
+        rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.02, oxygen_half=5.0, kernel=kernel)
+        N = N0.copy()
+        rx.advance(N, c, s, o, None, 0.5, total=total)  # (builds the compiled kernel)
+        times = []
+        for _ in range(7):
+            comm.barrier()
+            t0 = time.perf_counter()
+            rx.advance(N, c, s, o, None, 0.5, total=total)  # one half step, dt = 1 h
+            comm.barrier()
+            times.append(time.perf_counter() - t0)
+        half = float(np.median(times))
+        out[kernel] = {"half_step_seconds": half, "substeps": rx.substeps(0.5),
+                       "mm_per_clone_per_step": 2 * half / (4 * mm)}
+    return out
 
 
 def coupled_step(comm, n_cells=80, steps=10) -> dict:
@@ -127,10 +132,12 @@ def main():
         k = reaction_kernel(comm)
         results["reaction_kernel"] = k
         if comm.rank == 0:
-            print(f"reactions, 4 clones x 3 drugs, {k['dofs']} dofs, {k['ranks']} rank(s): half step "
-                  f"{k['half_step_seconds'] * 1e3:.1f} ms ({k['substeps']} substep(s)); MatMult "
-                  f"{k['matmult_seconds'] * 1e3:.1f} ms; both half steps = {k['mm_per_clone_per_step']:.2f} "
-                  f"MatMult per clone per step (target <= 1)", flush=True)
+            for kernel in ("compiled", "numpy"):
+                r = k[kernel]
+                print(f"reactions ({kernel}), 4 clones x 3 drugs, {k['dofs']} dofs, {k['ranks']} rank(s): "
+                      f"half step {r['half_step_seconds'] * 1e3:.1f} ms ({r['substeps']} substep(s)); "
+                      f"MatMult {k['matmult_seconds'] * 1e3:.1f} ms; both half steps = "
+                      f"{r['mm_per_clone_per_step']:.2f} MatMult per clone per step (target <= 1)", flush=True)
     c = coupled_step(comm, args.n, args.steps)
     results["coupled_step"] = c
     if comm.rank == 0:

@@ -758,22 +758,22 @@ def example_specs() -> tuple[ClonesSpec, dict[str, DrugSpec]]:
     return clones, drugs
 
 
-def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
+def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0,
+              kernels: Sequence[str] = ("compiled", "numpy")) -> dict:
     """Time :meth:`CloneReactions.advance` (4 clones, 3 drugs, mutation, P-gp, factor, oxygen,
-    immune kill, dt = 1 h) on ``n`` dofs against one sparse matrix-vector product with a 3-D P1
-    stencil (15 nonzeros per row), the MatMult-equivalent (MM). Returns median seconds over
-    ``repeat`` calls and the ratios."""
+    immune kill, dt = 1 h) on ``n`` dofs with each of ``kernels``, against one sparse
+    matrix-vector product with a 3-D P1 stencil (15 nonzeros per row), the MatMult-equivalent
+    (MM). Returns median seconds over ``repeat`` calls and the ratios; a Strang step makes two
+    such half steps, so ``step_per_mm_per_clone_<kernel>`` = 2 advance / MM / 4."""
     import time
 
     import scipy.sparse as sp
 
     clones, drugs = example_specs()
-    rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0)
     rng = np.random.default_rng(seed)
     N0 = rng.uniform(0.0, 0.2, (4, n))
     c = rng.uniform(0.0, 2.0, (3, n))
     s, o, e = rng.uniform(0, 0.05, n), rng.uniform(0.5, 50, n), rng.uniform(0, 1, n)
-    N = N0.copy()
 
     def timed(f) -> float:
         f()
@@ -784,22 +784,29 @@ def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0) -> dict:
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 
-    t_advance = timed(lambda: rx.advance(N, c, s, o, e, 1.0))
-    rates, work = np.empty((4, n)), Workspace(rx.block)
-    t_kill = timed(lambda: kill_rates(rx.model, c, s, o, out=rates, work=work))
     m = round(n ** (1 / 3))
     offsets = [0, 1, m, m * m, 1 + m, 1 + m * m, m + m * m, 1 + m + m * m]
     offsets = offsets + [-k for k in offsets[1:]]
     A = sp.diags([np.ones(n - abs(k)) for k in offsets], offsets, shape=(n, n), format="csr")
     x = rng.uniform(size=n)
     t_mm = timed(lambda: A @ x)
-    return {"dofs": n, "clones": 4, "drugs": 3, "substeps": rx.substeps(1.0),
-            "nonzeros_per_row": A.nnz / n, "advance_s": t_advance, "matmult_s": t_mm,
-            "advance_per_mm": t_advance / t_mm, "advance_per_mm_per_clone": t_advance / t_mm / 4,
-            "kill_rates_s": t_kill, "kill_rates_per_mm": t_kill / t_mm}
+    out = {"dofs": n, "clones": 4, "drugs": 3, "nonzeros_per_row": A.nnz / n, "matmult_s": t_mm}
+    total = np.empty(n)
+    for kernel in kernels:
+        rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, kernel=kernel)
+        N = N0.copy()
+        t = timed(lambda: rx.advance(N, c, s, o, e, 1.0, total=total))
+        out["substeps"] = rx.substeps(1.0)
+        out[f"advance_{kernel}_s"] = t
+        out[f"advance_{kernel}_per_mm"] = t / t_mm
+        out[f"step_per_mm_per_clone_{kernel}"] = 2 * t / t_mm / 4
+    rates, work = np.empty((4, n)), Workspace(min(n, BLOCK))
+    t_kill = timed(lambda: kill_rates(rx.model, c, s, o, out=rates, work=work))
+    out["kill_rates_numpy_s"] = t_kill
+    out["kill_rates_numpy_per_mm"] = t_kill / t_mm
+    return out
 
 
 if __name__ == "__main__":  # python3 -m solver.reactions
     for key, value in benchmark().items():
-        print(f"{key:>26}: {value:.4g}" if isinstance(value, float) else f"{key:>26}: {value}")
-
+        print(f"{key:>32}: {value:.4g}" if isinstance(value, float) else f"{key:>32}: {value}")

@@ -13,8 +13,12 @@ from scipy.optimize import brentq
 
 from solver.clones import ClonesSpec
 from solver.drugs import DrugSpec
-from solver.reactions import (TINY, CloneReactions, KillModel, Workspace, benchmark, clone_burdens,
-                              hill, hypoxia, intracellular, kill_rates, resistant_fraction)
+from solver.reactions import (KERNELS, TINY, CloneReactions, KillModel, Workspace, benchmark,
+                              clone_burdens, hill, hypoxia, intracellular, kill_rates,
+                              resistant_fraction)
+
+#: Both implementations of the clone step answer to the same closed forms and references.
+BOTH = pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "auto"])
 
 KM, KIN = 1.5, 60.0          # µM, 1/hour (the section's defaults)
 
@@ -298,7 +302,8 @@ def rel_error(N, ref):
     return float(np.max(np.abs(N - ref) / np.abs(ref)))
 
 
-def test_advance_matches_solve_ivp_at_dt_one_hour(reference):
+@BOTH
+def test_advance_matches_solve_ivp_at_dt_one_hour(reference, kernel):
     t, ref = reference
     # the test is meaningful: under the targeted drug the sensitive clone is wiped out and the
     # target mutant fills the tissue; under the P-gp substrates the MDR clone, absent at the
@@ -306,23 +311,25 @@ def test_advance_matches_solve_ivp_at_dt_one_hour(reference):
     assert ref[0, 0, -1] < 1e-6 and ref[1, 0, -1] > 0.9
     assert ref[2, 1, -1] > 100 * ref[0, 1, -1] and ref[2, 1, -1] > 10 * ref[2, 1, 0]
     assert ref[:, 2, -1].sum() < 1e-3
-    N = simulate(1.0)
+    N = simulate(1.0, kernel=kernel)
     assert rel_error(N, ref) < 1e-3
 
 
-def test_advance_is_second_order(reference):
+@BOTH
+def test_advance_is_second_order(reference, kernel):
     t, ref = reference
-    errors = [rel_error(simulate(dt, max_growth_step=10.0), ref) for dt in (6.0, 3.0, 1.5)]
+    errors = [rel_error(simulate(dt, max_growth_step=10.0, kernel=kernel), ref) for dt in (6.0, 3.0, 1.5)]
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     assert np.all((orders > 1.8) & (orders < 2.3)), (errors, orders)
 
 
-def test_substeps_keep_long_steps_accurate(reference):
+@BOTH
+def test_substeps_keep_long_steps_accurate(reference, kernel):
     t, ref = reference
     rx = CloneReactions.from_specs(*specs(WELL_MIXED["clones"], MIX_DRUGS), 1)
     # the fastest clone grows 0.7/day: g dt ≤ 0.1 per substep
     assert rx.substeps(1.0) == 1 and rx.substeps(24.0) == math.ceil(24 * 0.7 / DAY / 0.1) == 7
-    assert rel_error(simulate(24.0), ref) < 2e-3
+    assert rel_error(simulate(24.0, kernel=kernel), ref) < 2e-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,8 +344,9 @@ def random_states(rng, n):
     return N
 
 
+@BOTH
 @pytest.mark.parametrize("emax", [0.0, 1e3])
-def test_positive_and_below_capacity_for_any_step(emax):
+def test_positive_and_below_capacity_for_any_step(emax, kernel):
     rng = np.random.default_rng(7)
     n = 200
     drugs = {k: dict(v, emax=emax) if "emax" in v else v for k, v in MIX_DRUGS.items()}
@@ -348,7 +356,7 @@ def test_positive_and_below_capacity_for_any_step(emax):
     s, o, e = rng.uniform(0, 0.1, n), rng.uniform(0, 50, n), rng.uniform(0, 5, n)
     for control in (0.1, 1e6):          # with substeps, and one step for the whole dt
         rx = CloneReactions.from_specs(cl, dr, n, factor_half=KS, oxygen_half=OHALF,
-                                       max_growth_step=control)
+                                       max_growth_step=control, kernel=kernel)
         N = random_states(rng, n)
         for dt in (1e4, 1e4, 0.5, 1e3):
             rx.advance(N, c, s, o, e, dt)
@@ -360,18 +368,20 @@ def test_positive_and_below_capacity_for_any_step(emax):
             assert N.sum(axis=0).max() > 0.99
 
 
-def test_full_tissue_without_loss_does_not_change():
+@BOTH
+def test_full_tissue_without_loss_does_not_change(kernel):
     cl, dr = specs(WELL_MIXED["clones"], MIX_DRUGS, mutation=WELL_MIXED["mutation"])
-    rx = CloneReactions.from_specs(cl, dr, 2)
+    rx = CloneReactions.from_specs(cl, dr, 2, kernel=kernel)
     N = np.array([[0.5, 0.9], [0.3, 0.1], [0.2, 0.0]])
     before = N.copy()
     rx.advance(N, np.zeros((3, 2)), None, None, None, 10.0)
     assert np.allclose(N, before, rtol=1e-15, atol=0)       # no free space: no division, no mutation
 
 
-def test_pure_kill_is_exact_and_pure_growth_is_logistic():
+@BOTH
+def test_pure_kill_is_exact_and_pure_growth_is_logistic(kernel):
     cl, dr = specs({"a": {"growth": 0.6}}, {"dox": DRUGS["dox"]})
-    rx = CloneReactions.from_specs(cl, dr, 3)
+    rx = CloneReactions.from_specs(cl, dr, 3, kernel=kernel)
     g = 0.6 / DAY
     N0 = np.array([[1e-3, 0.2, 0.9]])
     # no drug: logistic growth N(t) = N0 e^{gt} / (1 + N0 (e^{gt} − 1))
@@ -381,7 +391,7 @@ def test_pure_kill_is_exact_and_pure_growth_is_logistic():
     exact = N0 * math.exp(48 * g) / (1 + N0 * (math.exp(48 * g) - 1))
     assert np.allclose(N, exact, rtol=1e-4)
     # kill only (full tissue: no growth): N = N0 e^{−κt} to round-off, whatever dt
-    rx = CloneReactions(KillModel.from_specs(cl, dr), [0.0], None, 3)
+    rx = CloneReactions(KillModel.from_specs(cl, dr), [0.0], None, 3, kernel=kernel)
     N = N0.copy()
     rx.advance(N, np.full((1, 3), 0.4), None, None, None, 100.0)
     kappa = 0.10 * A(0.4, 0.5, 1)
@@ -438,15 +448,17 @@ def test_cell_density_and_resistant_fraction():
 def test_benchmark_reports_cost_in_matmults():
     n = 10 ** 6 if os.environ.get("TME_BENCH") else 20 ** 3
     b = benchmark(n, repeat=3 if n > 10 ** 5 else 1)
-    print(f"\nreactions benchmark, {b['dofs']} dofs, {b['clones']} clones x {b['drugs']} drugs: "
-          f"advance {b['advance_s'] * 1e3:.1f} ms = {b['advance_per_mm']:.2f} MatMult "
-          f"({b['advance_per_mm_per_clone']:.2f} per clone; kill rates {b['kill_rates_per_mm']:.2f}), "
-          f"MatMult {b['matmult_s'] * 1e3:.1f} ms")
+    print(f"\nreactions benchmark, {b['dofs']} dofs, {b['clones']} clones x {b['drugs']} drugs, "
+          f"MatMult {b['matmult_s'] * 1e3:.1f} ms:")
+    for kernel in ("compiled", "numpy"):
+        print(f"  {kernel}: half step {b[f'advance_{kernel}_s'] * 1e3:.1f} ms = "
+              f"{b[f'advance_{kernel}_per_mm']:.2f} MatMult; both half steps "
+              f"{b[f'step_per_mm_per_clone_{kernel}']:.2f} MatMult per clone per step")
     assert b["substeps"] == 1 and 14 < b["nonzeros_per_row"] <= 15
-    assert b["advance_s"] > 0 and b["matmult_s"] > 0
+    assert all(b[f"advance_{k}_s"] > 0 for k in ("compiled", "numpy")) and b["matmult_s"] > 0
 
 
-def _every_mechanism(n):
+def _every_mechanism(n, **kwargs):
     """The example population of solver.reactions plus a P-gp inhibitor and a factor blocker."""
     from solver.drugs import DrugSpec
     from solver.reactions import CloneReactions, example_specs
@@ -456,17 +468,18 @@ def _every_mechanism(n):
                                                    "ec50": 0.1, "pgp_inhibition": 0.9})
     drugs["anti_met"] = DrugSpec.model_validate({"diffusivity": 16, "class": "factor_blocker",
                                                  "ec50": 0.05, "hill": 1.5})
-    return CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0)
+    return CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, **kwargs)
 
 
-def test_substeps_are_the_same_as_shorter_steps():
+@BOTH
+def test_substeps_are_the_same_as_shorter_steps(kernel):
     """One step of 8 substeps = 8 steps of one substep (same frozen fields)."""
     n = 500
     rng = np.random.default_rng(3)
     N0 = rng.uniform(0.0, 0.3, (4, n))
     c = rng.uniform(0.0, 2.0, (5, n))
     s, o, e = rng.uniform(0, 0.05, n), rng.uniform(0.0, 50, n), rng.uniform(0, 1, n)
-    rx = _every_mechanism(n)
+    rx = _every_mechanism(n, kernel=kernel)
     assert rx.substeps(30.0) == 8 and rx.substeps(30.0 / 8) == 1
     one, many = N0.copy(), N0.copy()
     rx.advance(one, c, s, o, e, 30.0)
