@@ -124,7 +124,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=80, help="cells per edge of the coupled box (80 -> 531k dofs)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--skip-kernel", action="store_true")
+    p.add_argument("--skip-kernel", action="store_true", help="skip the reaction benchmark")
+    p.add_argument("--skip-coupled", action="store_true", help="skip the coupled step")
     args = p.parse_args()
     comm = MPI.COMM_WORLD
     results = {}
@@ -138,6 +139,8 @@ def main():
                       f"half step {r['half_step_seconds'] * 1e3:.1f} ms ({r['substeps']} substep(s)); "
                       f"MatMult {k['matmult_seconds'] * 1e3:.1f} ms; both half steps = "
                       f"{r['mm_per_clone_per_step']:.2f} MatMult per clone per step (target <= 1)", flush=True)
+    if args.skip_coupled:
+        return
     c = coupled_step(comm, args.n, args.steps)
     results["coupled_step"] = c
     if comm.rank == 0:

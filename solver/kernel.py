@@ -68,10 +68,12 @@ def _lit(x: float) -> str:
 
 
 def _power(v: str, n: float) -> str:
-    if n == 1.0:
-        return v
-    if n == 2.0:
-        return f"({v} * {v})"
+    """v^n for v ≥ 0: products and square roots for the common Hill exponents (a hardware
+    square root costs a fraction of ``pow``; each is within an ulp or two of it)."""
+    whole, half = divmod(n, 1.0)
+    if n > 0 and half in (0.0, 0.5) and whole <= 4:
+        factors = [v] * int(whole) + ([f"sqrt({v})"] if half else [])
+        return f"({' * '.join(factors)})"
     return f"pow({v}, {_lit(n)})"
 
 
