@@ -400,7 +400,10 @@ class Run:
             self.pending_doses = [d for d in self.pending_doses if d[0] > t + tol]
             events.add([Event(ts, "dose", f"{drug}, cycle {k}", {"drug": drug, "cycle": k}) for ts, drug, k in due])
 
-    def _concentrations(self):
+    def _concentrations(self, activation=None):
+        """Drug levels, factor, oxygen and immune effectors for a reaction half step;
+        ``activation``: the checkpoint-inhibitor activation at the current levels when the
+        caller has it."""
         m = self.model
         for j, s in enumerate(m.drugs):
             np.copyto(self._c[j], s.solver.c.x.array)
@@ -409,7 +412,9 @@ class Run:
         if im is not None:
             e = im.solver.c.x.array
             if self._ici:
-                e = e * (1.0 + self.scenario.immune.kill_boost * self._activation())
+                if activation is None:
+                    activation = self._activation()
+                e = e * (1.0 + self.scenario.immune.kill_boost * activation)
         return (self._c if m.drugs else None, None if sf is None else sf.solver.c.x.array,
                 None if ox is None else ox.solver.c.x.array, e)
 
@@ -428,11 +433,14 @@ class Run:
         if m.reactions is not None:
             m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
         n_tot = m.n_tot.x.array
+        activation = None   # of the checkpoint inhibitors at t1 (drugs are stepped first)
         for s in m.species:
             source = None
             if s.kind == "immune":
                 im = self.scenario.immune
-                boost = 1.0 + im.boost * self._activation() if self._ici else 1.0
+                if self._ici:
+                    activation = self._activation()
+                boost = 1.0 + im.boost * activation if self._ici else 1.0
                 source = im.recruitment * m.sv_dofs * boost
             s.solver.step(t0, t1, n_tot, nodal_source=source)
         if m.reactions is not None:
@@ -440,7 +448,8 @@ class Run:
                 solver.c.x.array[:] = m.N[i]
                 solver.step(t0, t1)
                 m.N[i] = np.maximum(solver.c.x.array, 0.0)
-            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
+            m.reactions.advance(m.N, *self._concentrations(activation), 0.5 * dt,
+                                total=m.n_tot.x.array)
         for s in m.drugs:
             c = s.solver.c.x.array
             s.auc.x.array[:] += dt * c
