@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ from mpi4py import MPI  # noqa: E402
 import ufl  # noqa: E402
 
 from solver import scenario as sc  # noqa: E402
-from solver.reactions import CloneReactions  # noqa: E402
+from solver.reactions import time_half_steps  # noqa: E402
 from solver.simulation import Run  # noqa: E402
 
 
@@ -62,28 +61,10 @@ def reaction_kernel(comm, n_cells=99) -> dict:
     clones = type(scen.clones).model_validate(data)
     drugs = dict(scen.drugs)
     drugs["extra"] = drugs["doxorubicin"].model_copy(update={"pgp_substrate": False})
-    n = ndofs // comm.size
-    rng = np.random.default_rng(0)
-    N0 = rng.uniform(0, 0.2, (4, n))
-    c = rng.uniform(0, 2.0, (3, n))
-    s = rng.uniform(0, 0.05, n)
-    o = rng.uniform(0, 50, n)
-    total = np.empty(n)
+    halves = time_half_steps(clones, drugs, ndofs // comm.size, ("compiled", "numpy"), barrier=comm.barrier)
     out = {"dofs": ndofs, "ranks": comm.size, "matmult_seconds": mm}
-    for kernel in ("compiled", "numpy"):
-        rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.02, oxygen_half=5.0, kernel=kernel)
-        N = N0.copy()
-        rx.advance(N, c, s, o, None, 0.5, total=total)  # (builds the compiled kernel)
-        times = []
-        for _ in range(7):
-            comm.barrier()
-            t0 = time.perf_counter()
-            rx.advance(N, c, s, o, None, 0.5, total=total)  # one half step, dt = 1 h
-            comm.barrier()
-            times.append(time.perf_counter() - t0)
-        half = float(np.median(times))
-        out[kernel] = {"half_step_seconds": half, "substeps": rx.substeps(0.5),
-                       "mm_per_clone_per_step": 2 * half / (4 * mm)}
+    for kind, r in halves.items():
+        out[kind] = dict(r, mm_per_clone_per_step=2 * r["half_step_seconds"] / (len(clones.clones) * mm))
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import kernel
 from .clones import KILLING_CLASSES, ClonesSpec
 from .drugs import DrugSpec
 
@@ -326,7 +327,7 @@ def kill_rates(model: KillModel, c: np.ndarray | None, s: np.ndarray | None, o: 
     out = np.empty((K, n)) if out is None else out
     if out.shape != (K, n):
         raise ValueError(f"out has shape {out.shape}, expected {(K, n)}")
-    plan = _plan_for(model, c, s, o)
+    plan = _plan_for(model, c is not None, s is not None, o is not None)
     work = work or Workspace(min(n, BLOCK) or 1)
     for a in range(0, n, work.size):
         b = min(a + work.size, n)
@@ -348,9 +349,10 @@ def _length(c, *fields) -> int:
     raise ValueError("no field gives the number of dofs")
 
 
-def _plan_for(m: KillModel, c, s, o) -> _Plan:
-    return m.plan(shield=s is not None and m.factor_half is not None and c is not None,
-                  oxygen=o is not None and m.oxygen_half is not None)
+def _plan_for(m: KillModel, drugs: bool, factor: bool, oxygen: bool) -> _Plan:
+    """The kill plan when drug levels, the survival factor and oxygen are given or not."""
+    return m.plan(shield=drugs and factor and m.factor_half is not None,
+                  oxygen=oxygen and m.oxygen_half is not None)
 
 
 def _kill_into(acc: _Sum, scale: float, m: KillModel, plan: _Plan, c, s, o, h, ws: Workspace) -> None:
@@ -526,19 +528,20 @@ class CloneReactions:
             return
         steps = self.substeps(dt)
         tau = dt / steps
-        m, ws = self.model, self.work
-        plan = _plan_for(m, c, s, o)
-        step = self._compiled_step(plan, c, o, e, N)
+        step = None
+        if N.dtype == np.float64 and N.flags.c_contiguous:
+            step = self.prepare(c is not None, s is not None, o is not None, e is not None)
+        elif self.kernel == "compiled":
+            raise ValueError("the compiled clone kernel needs N as a C-contiguous float64 array")
         if step is not None:
-            from .kernel import pointer
-            fields = [c, s, o, e]
-            for k, f in enumerate(fields):
-                if f is not None and not (f.dtype == np.float64 and f.flags.c_contiguous):
-                    fields[k] = np.ascontiguousarray(f, dtype=float)
-            if total is not None and not (total.dtype == np.float64 and total.flags.c_contiguous):
-                raise ValueError("total must be a C-contiguous float64 array")
-            step(n, pointer(N), *(pointer(f) for f in fields), tau, steps, pointer(total))
+            # inputs are copied only if they are not C-contiguous float64 already (the list
+            # keeps the copies alive during the call); N and total are written, so
+            # kernel.pointer refuses them otherwise
+            fields = [None if f is None else np.ascontiguousarray(f, dtype=float) for f in (c, s, o, e)]
+            step(n, kernel.pointer(N), *map(kernel.pointer, fields), tau, steps, kernel.pointer(total))
             return
+        m, ws = self.model, self.work
+        plan = _plan_for(m, c is not None, s is not None, o is not None)
         immune = [(i, -tau * float(v)) for i, v in enumerate(self.immune) if v > 0] if e is not None else []
         for a in range(0, n, self.block):
             sl = slice(a, min(a + self.block, n))
@@ -569,23 +572,20 @@ class CloneReactions:
             if total is not None:
                 _total(Nb, total[sl])
 
-    def _compiled_step(self, plan, c, o, e, N):
-        """The compiled step for the fields present, or None for the NumPy path."""
+    def prepare(self, drugs: bool, factor: bool, oxygen: bool, immune: bool):
+        """The compiled step for the fields present (drug levels, survival factor, oxygen,
+        immune effectors), built on first use; None for the NumPy path. A run calls it while
+        setting up, so that a compiler failure shows before anything is computed. Raises
+        :class:`~solver.kernel.KernelError` with ``kernel="compiled"``."""
         if self.kernel == "numpy":
             return None
-        if not (N.dtype == np.float64 and N.flags.c_contiguous):
-            if self.kernel == "compiled":
-                raise ValueError("the compiled clone kernel needs N as a C-contiguous float64 array")
-            return None
         m = self.model
-        key = (c is not None, o is not None and m.oxygen_half is not None,
-               e is not None and bool((self.immune > 0).any()),
-               self.necrosis is not None and o is not None, plan)
+        plan = _plan_for(m, drugs, factor, oxygen) if drugs else None
+        key = (plan, oxygen and m.oxygen_half is not None, immune and bool((self.immune > 0).any()),
+               self.necrosis is not None and oxygen)
         if key not in self._compiled:
-            from . import kernel
             try:
-                source = kernel.generate(self, plan if c is not None else None, drugs=key[0],
-                                         oxygen=key[1], immune=key[2], necrosis=key[3])
+                source = kernel.generate(self, plan, oxygen=key[1], immune=key[2], necrosis=key[3])
                 self._compiled[key] = kernel.build(source)
             except kernel.KernelError as exc:
                 if self.kernel == "compiled":
@@ -731,11 +731,13 @@ def resistant_fraction(N: np.ndarray, resistant_mask: Sequence[bool],
 # Benchmark
 
 
-def example_specs() -> tuple[ClonesSpec, dict[str, DrugSpec]]:
+def example_specs(every_mechanism: bool = False) -> tuple[ClonesSpec, dict[str, DrugSpec]]:
     """A clone population and drugs that exercise the kill model: 4 clones (sensitive, target
     mutation, P-gp, DNA repair with reduced factor sensitivity), mutation, necrosis, immune kill,
     and 3 drugs (a DNA-damaging and an antimitotic P-gp substrate, a targeted drug), two of them
-    shielded by the survival factor. Used by :func:`benchmark` and the tests."""
+    shielded by the survival factor. ``every_mechanism`` adds a P-gp inhibitor, a factor blocker
+    and a P-gp substrate with a non-integer Hill exponent, for every term of the kill model.
+    Used by :func:`benchmark` and the tests."""
     clones = ClonesSpec.model_validate({
         "clones": {
             "sensitive": {"growth": "0.6 1/day", "initial": 0.5, "immune_kill": 0.02},
@@ -747,63 +749,88 @@ def example_specs() -> tuple[ClonesSpec, dict[str, DrugSpec]]:
         "necrosis": {"rate": 0.05, "threshold": 1.0},
     })
     base = {"diffusivity": 16}
-    drugs = {
-        "doxorubicin": DrugSpec.model_validate({**base, "class": "dna_damaging", "emax": 0.1, "ec50": 0.5,
-                                                "pgp_substrate": True, "factor_protection": 0.5}),
-        "paclitaxel": DrugSpec.model_validate({**base, "class": "antimitotic", "emax": 0.08, "ec50": 0.05,
-                                               "hill": 2.0, "pgp_substrate": True, "cycle_dependent": True}),
-        "erlotinib": DrugSpec.model_validate({**base, "class": "targeted", "emax": 0.06, "ec50": 0.2,
-                                              "target": "EGFR", "factor_protection": 0.8}),
+    specs = {
+        "doxorubicin": {"class": "dna_damaging", "emax": 0.1, "ec50": 0.5, "pgp_substrate": True,
+                        "factor_protection": 0.5},
+        "paclitaxel": {"class": "antimitotic", "emax": 0.08, "ec50": 0.05, "hill": 2.0,
+                       "pgp_substrate": True, "cycle_dependent": True},
+        "erlotinib": {"class": "targeted", "emax": 0.06, "ec50": 0.2, "target": "EGFR",
+                      "factor_protection": 0.8},
     }
-    return clones, drugs
+    if every_mechanism:
+        specs.update({
+            "tariquidar": {"class": "pgp_inhibitor", "ec50": 0.1, "pgp_inhibition": 0.9},
+            "anti_met": {"class": "factor_blocker", "ec50": 0.05, "hill": 1.5},
+            "vinca": {"class": "antimitotic", "emax": 0.05, "ec50": 0.02, "hill": 1.3,
+                      "pgp_substrate": True, "cycle_dependent": True},
+        })
+    return clones, {name: DrugSpec.model_validate({**base, **spec}) for name, spec in specs.items()}
+
+
+def time_half_steps(clones: ClonesSpec, drugs: dict[str, DrugSpec], n: int,
+                    kernels: Sequence[str] = ("compiled", "numpy"), *, repeat: int = 7,
+                    seed: int = 0, barrier=None) -> dict[str, dict]:
+    """Median wall time of one reaction half step (:meth:`CloneReactions.advance` over 0.5 h,
+    half of a 1-hour Strang step) on ``n`` dofs of random densities and fields, with each of
+    ``kernels``: ``{kernel: {"half_step_seconds", "substeps"}}``. The first call of each (which
+    builds a compiled kernel) is not timed; ``barrier`` (e.g. ``comm.barrier``) brackets every
+    timed call when several ranks run it."""
+    import time
+
+    sync = barrier or (lambda: None)
+    K, J = len(clones.clones), len(drugs)
+    rng = np.random.default_rng(seed)
+    N0 = rng.uniform(0.0, 0.2, (K, n))
+    c = rng.uniform(0.0, 2.0, (J, n))
+    s, o, e = rng.uniform(0, 0.05, n), rng.uniform(0.5, 50, n), rng.uniform(0, 1, n)
+    total = np.empty(n)
+    out = {}
+    for kind in kernels:
+        rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, kernel=kind)
+        N = N0.copy()
+        rx.advance(N, c, s, o, e, 0.5, total=total)
+        times = []
+        for _ in range(repeat):
+            sync()
+            t0 = time.perf_counter()
+            rx.advance(N, c, s, o, e, 0.5, total=total)
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[kind] = {"half_step_seconds": float(np.median(times)), "substeps": rx.substeps(0.5)}
+    return out
 
 
 def benchmark(n: int = 10**6, repeat: int = 5, seed: int = 0,
               kernels: Sequence[str] = ("compiled", "numpy")) -> dict:
-    """Time :meth:`CloneReactions.advance` (4 clones, 3 drugs, mutation, P-gp, factor, oxygen,
-    immune kill, dt = 1 h) on ``n`` dofs with each of ``kernels``, against one sparse
-    matrix-vector product with a 3-D P1 stencil (15 nonzeros per row), the MatMult-equivalent
-    (MM). Returns median seconds over ``repeat`` calls and the ratios; a Strang step makes two
-    such half steps, so ``step_per_mm_per_clone_<kernel>`` = 2 advance / MM / 4."""
+    """:func:`time_half_steps` of the example population (4 clones, 3 drugs, mutation, P-gp,
+    factor, oxygen, immune kill) on ``n`` dofs, against one sparse matrix-vector product with a
+    3-D P1 stencil (15 nonzeros per row), the MatMult-equivalent (MM). A Strang step makes two
+    half steps, so ``step_per_mm_per_clone_<kernel>`` = 2 half step / MM / 4."""
     import time
 
     import scipy.sparse as sp
-
-    clones, drugs = example_specs()
-    rng = np.random.default_rng(seed)
-    N0 = rng.uniform(0.0, 0.2, (4, n))
-    c = rng.uniform(0.0, 2.0, (3, n))
-    s, o, e = rng.uniform(0, 0.05, n), rng.uniform(0.5, 50, n), rng.uniform(0, 1, n)
-
-    def timed(f) -> float:
-        f()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
 
     m = round(n ** (1 / 3))
     offsets = [0, 1, m, m * m, 1 + m, 1 + m * m, m + m * m, 1 + m + m * m]
     offsets = offsets + [-k for k in offsets[1:]]
     A = sp.diags([np.ones(n - abs(k)) for k in offsets], offsets, shape=(n, n), format="csr")
-    x = rng.uniform(size=n)
-    t_mm = timed(lambda: A @ x)
-    out = {"dofs": n, "clones": 4, "drugs": 3, "nonzeros_per_row": A.nnz / n, "matmult_s": t_mm}
-    total = np.empty(n)
-    for kernel in kernels:
-        rx = CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, kernel=kernel)
-        N = N0.copy()
-        t = timed(lambda: rx.advance(N, c, s, o, e, 1.0, total=total))
-        out["substeps"] = rx.substeps(1.0)
-        out[f"advance_{kernel}_s"] = t
-        out[f"advance_{kernel}_per_mm"] = t / t_mm
-        out[f"step_per_mm_per_clone_{kernel}"] = 2 * t / t_mm / 4
-    rates, work = np.empty((4, n)), Workspace(min(n, BLOCK))
-    t_kill = timed(lambda: kill_rates(rx.model, c, s, o, out=rates, work=work))
-    out["kill_rates_numpy_s"] = t_kill
-    out["kill_rates_numpy_per_mm"] = t_kill / t_mm
+    x = np.random.default_rng(seed).uniform(size=n)
+    A @ x
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        A @ x
+        times.append(time.perf_counter() - t0)
+    t_mm = float(np.median(times))
+    clones, drugs = example_specs()
+    out = {"dofs": n, "clones": len(clones.clones), "drugs": len(drugs),
+           "nonzeros_per_row": A.nnz / n, "matmult_s": t_mm}
+    for kind, r in time_half_steps(clones, drugs, n, kernels, repeat=repeat, seed=seed).items():
+        half = r["half_step_seconds"]
+        out["substeps"] = r["substeps"]
+        out[f"advance_{kind}_s"] = half
+        out[f"advance_{kind}_per_mm"] = half / t_mm
+        out[f"step_per_mm_per_clone_{kind}"] = 2 * half / t_mm / out["clones"]
     return out
 
 

@@ -14,24 +14,14 @@ import numpy as np
 import pytest
 
 from solver import kernel, reactions
-from solver.drugs import DrugSpec
 from solver.reactions import TINY, CloneReactions, example_specs
 
 N_DOFS = 2 * kernel.CHUNK + 37      # three chunks, the last one short
 
 
 def population(n, **kwargs):
-    """The example population of solver.reactions plus a P-gp inhibitor, a factor blocker and a
-    pumped substrate with a non-integer Hill exponent: every term of the kill model."""
-    clones, drugs = example_specs()
-    base = {"diffusivity": 16}
-    drugs["tariquidar"] = DrugSpec.model_validate({**base, "class": "pgp_inhibitor", "ec50": 0.1,
-                                                   "pgp_inhibition": 0.9})
-    drugs["anti_met"] = DrugSpec.model_validate({**base, "class": "factor_blocker", "ec50": 0.05,
-                                                 "hill": 1.5})
-    drugs["vinca"] = DrugSpec.model_validate({**base, "class": "antimitotic", "emax": 0.05,
-                                              "ec50": 0.02, "hill": 1.3, "pgp_substrate": True,
-                                              "cycle_dependent": True})
+    """Every term of the kill model (solver.reactions.example_specs(every_mechanism=True))."""
+    clones, drugs = example_specs(every_mechanism=True)
     return CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, **kwargs)
 
 

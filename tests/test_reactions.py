@@ -459,15 +459,10 @@ def test_benchmark_reports_cost_in_matmults():
 
 
 def _every_mechanism(n, **kwargs):
-    """The example population of solver.reactions plus a P-gp inhibitor and a factor blocker."""
-    from solver.drugs import DrugSpec
-    from solver.reactions import CloneReactions, example_specs
+    """The example population of solver.reactions with every term of the kill model."""
+    from solver.reactions import example_specs
 
-    clones, drugs = example_specs()
-    drugs["tariquidar"] = DrugSpec.model_validate({"diffusivity": 16, "class": "pgp_inhibitor",
-                                                   "ec50": 0.1, "pgp_inhibition": 0.9})
-    drugs["anti_met"] = DrugSpec.model_validate({"diffusivity": 16, "class": "factor_blocker",
-                                                 "ec50": 0.05, "hill": 1.5})
+    clones, drugs = example_specs(every_mechanism=True)
     return CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, **kwargs)
 
 
@@ -477,7 +472,7 @@ def test_substeps_are_the_same_as_shorter_steps(kernel):
     n = 500
     rng = np.random.default_rng(3)
     N0 = rng.uniform(0.0, 0.3, (4, n))
-    c = rng.uniform(0.0, 2.0, (5, n))
+    c = rng.uniform(0.0, 2.0, (6, n))
     s, o, e = rng.uniform(0, 0.05, n), rng.uniform(0.0, 50, n), rng.uniform(0, 1, n)
     rx = _every_mechanism(n, kernel=kernel)
     assert rx.substeps(30.0) == 8 and rx.substeps(30.0 / 8) == 1
