@@ -28,6 +28,7 @@ from dolfinx import fem
 from mpi4py import MPI
 
 from . import log, meshes, outputs, tissue
+from .kernel import KernelError
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
 from .reactions import CloneReactions, hill
@@ -228,6 +229,17 @@ def _build_clones(model: Model, cl, nloc, domain, num, h):
     model.reactions = CloneReactions.from_specs(
         cl, sc.drugs, nloc, factor_half=sf.half_effect if sf.enabled else None,
         oxygen_half=ox.hypoxia if ox.enabled else None, kernel=num.reaction_kernel)
+    # the compiled step is built now, so that a compiler failure stops the run before any file
+    # is written; every rank learns of a failure on any rank
+    try:
+        model.reactions.prepare(bool(model.drugs), model.get("factor") is not None,
+                                model.get("oxygen") is not None, model.get("immune") is not None)
+        failure = None
+    except KernelError as exc:
+        failure = f"numerics.reaction_kernel: 'compiled' cannot be used: {exc}"
+    failure = next((f for f in model.V.mesh.comm.allgather(failure) if f), None)
+    if failure:
+        raise ScenarioError(failure)
     if cl.motility > 0:
         for name in model.clone_names:
             model.motility.append(SpeciesSolver(

@@ -58,6 +58,8 @@ def test_parse_quantity(text, base, default, expected):
     ("mesh.kind=sphere", "mesh: Input tag 'sphere'"),
     ("drugs.dox.class=magic", "drugs.dox.class: Input should be"),
     ("drugs.dox.decay=fast", "drugs.dox.decay: cannot read 'fast' as a quantity"),
+    ("numerics.reaction_kernel=fast",
+     "numerics.reaction_kernel: Input should be 'auto', 'compiled' or 'numpy' (got 'fast')"),
     ("time=3", "time: Input should be a valid dictionary"),
 ])
 def test_errors_name_the_key(minimal, override, expected):

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -226,8 +227,9 @@ def test_timeseries_independent_of_the_number_of_ranks(comm, tmp_path):
 # Errors a user can cause, and failures mid-run
 
 
-def _tme(*args):
-    return subprocess.run([sys.executable, "-m", "solver", *args], cwd=ROOT, capture_output=True, text=True)
+def _tme(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "solver", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.mark.parametrize("override, key", [
@@ -244,6 +246,17 @@ def test_bad_scenario_stops_before_computing(tmp_path, override, key):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in p.stderr, p.stderr
     assert not (out / "timeseries.csv").exists()
+
+
+def test_compiled_reactions_without_a_compiler_stop_before_computing(tmp_path):
+    out = tmp_path / "out"
+    env = {"CC": "/bin/false", "TME_CACHE_DIR": str(tmp_path / "cache")}
+    p = _tme("run", str(DEFAULT), "--out", str(out), "--set", "numerics.reaction_kernel=compiled", env=env)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines == ["tme: error: numerics.reaction_kernel: 'compiled' cannot be used: /bin/false failed "
+                     "on the clone kernel: exit status 1, no message"], p.stderr
+    assert not out.exists()
 
 
 def test_non_empty_output_refused_without_overwrite(tmp_path):
