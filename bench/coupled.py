@@ -32,6 +32,7 @@ import ufl  # noqa: E402
 from solver import scenario as sc  # noqa: E402
 from solver.reactions import time_half_steps  # noqa: E402
 from solver.simulation import Run  # noqa: E402
+from transport import matmult_time  # noqa: E402  (bench/transport.py)
 
 
 def matmult_seconds(n_cells: int, comm, reps: int = 20) -> tuple[float, int]:
@@ -41,15 +42,7 @@ def matmult_seconds(n_cells: int, comm, reps: int = 20) -> tuple[float, int]:
     u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
     A = fem_petsc.assemble_matrix(fem.form(ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx + u * v * ufl.dx))
     A.assemble()
-    x, y = A.createVecs()
-    x.set(1.0)
-    A.mult(x, y)
-    comm.barrier()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        A.mult(x, y)
-    comm.barrier()
-    return (time.perf_counter() - t0) / reps, V.dofmap.index_map.size_global
+    return matmult_time(A, reps), V.dofmap.index_map.size_global
 
 
 def reaction_kernel(comm, n_cells=99) -> dict:
@@ -84,15 +77,7 @@ def coupled_step(comm, n_cells=80, steps=10) -> dict:
     t0 = time.perf_counter()
     r = Run(scen, out, comm=comm, overwrite=True)
     setup = time.perf_counter() - t0
-    A = r.model.species[0].solver.A
-    x, y = A.createVecs()
-    x.set(1.0)
-    comm.barrier()
-    t1 = time.perf_counter()
-    for _ in range(20):
-        A.mult(x, y)
-    comm.barrier()
-    mm = (time.perf_counter() - t1) / 20
+    mm = matmult_time(r.model.species[0].solver.A)
     summary = r.run()
     per_step = summary["wall_time_seconds"] / summary["steps"]
     return {"dofs": summary["dofs_per_field"], "ranks": comm.size, "setup_seconds": setup,
@@ -133,8 +118,8 @@ def main():
         out.mkdir(parents=True, exist_ok=True)
         (out / f"coupled-np{comm.size}.json").write_text(json.dumps(results, indent=2))
         one = out / "coupled-np1.json"
-        if comm.size > 1 and one.exists():
-            r1 = json.loads(one.read_text())["coupled_step"]
+        r1 = json.loads(one.read_text()).get("coupled_step") if comm.size > 1 and one.exists() else None
+        if r1 and r1["dofs"] == c["dofs"] and r1["steps"] == c["steps"]:   # the same problem
             print(f"coupled step, {comm.size} ranks / 1 rank: {c['step_seconds'] / r1['step_seconds']:.2f}")
 
 

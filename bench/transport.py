@@ -32,6 +32,7 @@ from solver.transport import COUNTERS, SpeciesModel, SpeciesSolver  # noqa: E402
 
 
 def matmult_time(A, reps=30) -> float:
+    """Seconds of one MatMult with ``A`` (every rank takes part; a warm-up product first)."""
     x, y = A.createVecs()
     x.set(1.0)
     A.mult(x, y)
