@@ -24,6 +24,7 @@ verify: env
 	$(ENV) tme verify
 
 bench: env
+	$(ENV) python3 bench/reactions.py
 	$(ENV) python3 bench/transport.py
 	$(ENV) mpirun -n 2 python3 bench/transport.py
 	$(ENV) python3 bench/coupled.py

@@ -30,8 +30,8 @@ from mpi4py import MPI  # noqa: E402
 import ufl  # noqa: E402
 
 from solver import scenario as sc  # noqa: E402
-from solver.reactions import time_half_steps  # noqa: E402
 from solver.simulation import Run  # noqa: E402
+from reactions import time_half_steps  # noqa: E402  (bench/reactions.py)
 from transport import matmult_time  # noqa: E402  (bench/transport.py)
 
 

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Iterable, Literal
 from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from .drugs import DrugSpec
-from .protocol import MECHANISMS
+from .pharmacology import DRUG_CLASSES, MECHANISMS, killing_classes, mechanism_of
 from .spec import Name, Spec, at
 from .units import Concentration, Diffusivity, Fraction, Quantity, Rate, parse_quantity
 
@@ -37,9 +37,9 @@ from .units import Concentration, Diffusivity, Fraction, Quantity, Rate, parse_q
 SECTION = "clones"
 
 #: Order in which traits name a clone's mechanism when it carries several and none is given.
-TRAIT_ORDER = ("target_mutation", "bypass", "pgp", "dna_repair")
+TRAIT_ORDER = tuple(n for n, m in MECHANISMS.items() if m.carried is not None)
 
-Mechanism = Literal[MECHANISMS]  # type: ignore[valid-type]
+Mechanism = Literal[tuple(MECHANISMS)]  # type: ignore[valid-type]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # as solver.spec.Name
 
@@ -90,13 +90,7 @@ InitialDensity = Annotated[
 
 def _derived_mechanism(data: dict) -> str | None:
     """The mechanism a clone's traits name, in :data:`TRAIT_ORDER`; None for a sensitive clone."""
-    traits = {
-        "target_mutation": any(f > 1.0 for f in data.get("ec50_shift", {}).values()),
-        "bypass": any(b > 0.0 for b in data.get("bypass", {}).values()),
-        "pgp": data.get("pgp_vmax", 0.0) > 0.0,
-        "dna_repair": data.get("repair", 0.0) > 0.0,
-    }
-    return next((m for m in TRAIT_ORDER if traits[m]), None)
+    return mechanism_of(data)
 
 
 class CloneSpec(Spec):
@@ -225,11 +219,6 @@ def _choices(names: Iterable[str]) -> str:
     return ", ".join(names) if names else "(none)"
 
 
-#: Drug classes whose E_max kills cells directly (a checkpoint inhibitor only acts through the
-#: immune effectors).
-KILLING_CLASSES = ("dna_damaging", "antimitotic", "targeted", "pgp_inhibitor", "factor_blocker")
-
-
 def check_references(clones: ClonesSpec, drugs: dict[str, DrugSpec],
                      regions: Iterable[str] | None = None) -> None:
     """Check the drug, target and region names the clones use against the rest of the scenario.
@@ -237,9 +226,9 @@ def check_references(clones: ClonesSpec, drugs: dict[str, DrugSpec],
     ``drugs`` are the scenario's drugs; ``regions``, when known, the mesh region tags. Raises
     ValueError marked with the key path (``clones.clones.<clone>...``) and what would be valid.
     """
-    killing = sorted(n for n, d in drugs.items() if d.drug_class in KILLING_CLASSES and d.emax > 0)
-    targeted = sorted(n for n, d in drugs.items() if d.drug_class == "targeted")
-    targets = sorted({d.target for d in drugs.values() if d.drug_class == "targeted" and d.target})
+    killing = sorted(n for n, d in drugs.items() if d.drug_class in killing_classes() and d.emax > 0)
+    targeted = sorted(n for n, d in drugs.items() if DRUG_CLASSES[d.drug_class].bypassable)
+    targets = sorted({d.target for n, d in drugs.items() if n in targeted and d.target})
     for name, clone in clones.clones.items():
         here = f"{SECTION}.clones.{name}"
         for drug in clone.ec50_shift:
@@ -253,7 +242,7 @@ def check_references(clones: ClonesSpec, drugs: dict[str, DrugSpec],
                                           f"{_choices(killing)}"))
         for key in clone.bypass:
             path = f"{here}.bypass.{key}"
-            if key in drugs and drugs[key].drug_class != "targeted":
+            if key in drugs and key not in targeted:
                 raise ValueError(at(path, f"drug {key!r} is {drugs[key].drug_class}, not targeted; a "
                                           f"bypass names a targeted drug ({_choices(targeted)}) or "
                                           f"the target of one ({_choices(targets)})"))

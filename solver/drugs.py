@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .pharmacology import DRUG_CLASSES
 from .spec import BoundaryValue, Name, Spec
 from .units import (Concentration, Diffusivity, Duration, Fraction, Permeability, Quantity, Rate,
                     Time)
@@ -26,8 +27,7 @@ class PKSpec(Spec):
     level: Concentration = Field(0.0, description="plasma level of model 'constant'")
 
 
-DrugClass = Literal["dna_damaging", "antimitotic", "targeted", "pgp_inhibitor",
-                    "factor_blocker", "checkpoint_inhibitor"]
+DrugClass = Literal[tuple(DRUG_CLASSES)]  # type: ignore[valid-type]
 
 
 class DrugSpec(Spec):

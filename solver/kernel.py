@@ -89,8 +89,7 @@ def generate(rx, plan, *, oxygen: bool, immune: bool, necrosis: bool) -> str:
     the fields present: ``plan`` is the kill plan for them (None without drugs), ``oxygen``
     whether h(o) multiplies growth, ``immune`` whether the effector field kills, ``necrosis``
     whether oxygen below the threshold kills."""
-    from .reactions import TINY, _LOG_TINY
-
+    TINY, LOG_TINY = rx.tiny, math.log(rx.tiny)
     m = rx.model
     K = m.n_clones
     out: list[str] = []
@@ -174,7 +173,7 @@ def generate(rx, plan, *, oxygen: bool, immune: bool, necrosis: bool) -> str:
     for i in range(K):
         emit(f"      const double L{i} = {' + '.join(loss[i]) or '0.0'};")
         emit(f"      nl[{i}][p] = L{i};")
-        emit(f"      dc[{i}][p] = L{i} < {_lit(_LOG_TINY)} ? {_lit(_LOG_TINY)} : L{i};")
+        emit(f"      dc[{i}][p] = L{i} < {_lit(LOG_TINY)} ? {_lit(LOG_TINY)} : L{i};")
     emit("    }")
     # ---- substeps (exponential Heun), as CloneReactions._substep
     tot = " + ".join(f"n{i}" for i in range(K))

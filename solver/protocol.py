@@ -24,12 +24,13 @@ from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import Field, model_validator
 
+from . import pharmacology
 from .drugs import Dose
 from .spec import Name, Spec, at
 from .units import Duration, Fraction, Quantity, Time
 
 #: Resistance mechanisms a clone can carry (MODEL.md §3) and a sequencing step can name.
-MECHANISMS = ("target_mutation", "bypass", "pgp", "dna_repair", "caf_shield")
+MECHANISMS = tuple(pharmacology.MECHANISMS)
 
 #: Default interval between assessments: 6 weeks, like imaging in the clinic [hour].
 SIX_WEEKS = 6 * 7 * 24.0

@@ -29,6 +29,7 @@ from mpi4py import MPI
 
 from . import log, meshes, outputs, tissue
 from .kernel import KernelError
+from .pharmacology import DRUG_CLASSES
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
 from .reactions import CloneReactions, hill
@@ -296,7 +297,8 @@ class Run:
             (self.out / "config.resolved.yaml").write_text(resolved_yaml(scenario))
         m = self.model
         self._c = np.zeros((len(m.drugs), m.V.dofmap.index_map.size_local + m.V.dofmap.index_map.num_ghosts))
-        self._ici = [i for i, s in enumerate(m.drugs) if scenario.drugs[s.name].drug_class == "checkpoint_inhibitor"]
+        self._ici = [i for i, s in enumerate(m.drugs)
+                     if DRUG_CLASSES[scenario.drugs[s.name].drug_class].activates_immunity]
         self.pending_doses: list[tuple[float, str, float]] = []
 
     # ----------------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from solver import kernel, reactions
-from solver.reactions import TINY, CloneReactions, example_specs
+from reactions import example_specs  # bench/reactions.py
+from solver.reactions import TINY, CloneReactions
 
 N_DOFS = 2 * kernel.CHUNK + 37      # three chunks, the last one short
 
 
 def population(n, **kwargs):
-    """Every term of the kill model (solver.reactions.example_specs(every_mechanism=True))."""
+    """Every term of the kill model (bench/reactions.py example_specs(every_mechanism=True))."""
     clones, drugs = example_specs(every_mechanism=True)
     return CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, **kwargs)
 

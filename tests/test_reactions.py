@@ -13,7 +13,7 @@ from scipy.optimize import brentq
 
 from solver.clones import ClonesSpec
 from solver.drugs import DrugSpec
-from solver.reactions import (KERNELS, TINY, CloneReactions, KillModel, Workspace, benchmark,
+from solver.reactions import (KERNELS, TINY, CloneReactions, KillModel, Workspace,
                               clone_burdens, hill, hypoxia, intracellular, kill_rates,
                               resistant_fraction)
 
@@ -446,6 +446,9 @@ def test_cell_density_and_resistant_fraction():
 
 
 def test_benchmark_reports_cost_in_matmults():
+    """bench/reactions.py runs (its figures at 10^6 dofs are in docs/performance.md)."""
+    from reactions import benchmark
+
     n = 10 ** 6 if os.environ.get("TME_BENCH") else 20 ** 3
     b = benchmark(n, repeat=3 if n > 10 ** 5 else 1)
     print(f"\nreactions benchmark, {b['dofs']} dofs, {b['clones']} clones x {b['drugs']} drugs, "
@@ -459,8 +462,8 @@ def test_benchmark_reports_cost_in_matmults():
 
 
 def _every_mechanism(n, **kwargs):
-    """The example population of solver.reactions with every term of the kill model."""
-    from solver.reactions import example_specs
+    """The example population of bench/reactions.py with every term of the kill model."""
+    from reactions import example_specs
 
     clones, drugs = example_specs(every_mechanism=True)
     return CloneReactions.from_specs(clones, drugs, n, factor_half=0.01, oxygen_half=5.0, **kwargs)
