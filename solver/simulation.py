@@ -37,7 +37,7 @@ from .clones import check_references as check_clones
 from .protocol import check_references as check_treatment
 from .scenario import Scenario, resolved_yaml
 from .spec import ScenarioError, located
-from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, compile_form
+from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, check_entry, compile_form
 
 GROWTH = 1.5  # step growth factor after a dose event
 
@@ -115,6 +115,7 @@ def build(scenario: Scenario, comm) -> Model:
     V = fem.functionspace(domain.mesh, ("Lagrange", 1))
     ndofs = V.dofmap.index_map.size_global
     _check_regions(scenario, domain)
+    check_entry(scenario, domain, tf)  # every drug has a way into the tissue (needs mesh + tissue)
     plasma = PlasmaSet(scenario.drugs)
     model = Model(scenario, domain, tf, V, plasma)
     num = scenario.numerics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .units import Concentration, Permeability
 
@@ -24,10 +24,28 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class BoundaryValue(Spec):
-    """Outer-boundary condition on a facet tag: a fixed value, or Robin -D dc/dn = coeff (c - value)."""
+    """Outer-boundary condition on a facet tag: a fixed value, or Robin -D dc/dn = coeff (c - value).
+
+    With ``plasma: true`` the value follows the species' plasma level instead: c_b(t) =
+    plasma_fraction * C_p(t) (a drug's PK level; oxygen's blood level), e.g. the medium around a
+    spheroid or the vascularised stroma beyond the domain.
+    """
 
     value: Concentration = 0.0
     robin: Permeability | None = Field(None, description="Robin exchange coefficient; Dirichlet when absent")
+    plasma: bool = Field(False, description="the boundary value follows the plasma level C_p(t) "
+                         "(drugs: their PK; oxygen: blood_level) instead of 'value'")
+    plasma_fraction: float = Field(1.0, gt=0, le=1, description="with plasma: true, the boundary "
+                                   "value is plasma_fraction * C_p(t) [-]")
+
+    @model_validator(mode="after")
+    def _plasma_or_value(self):
+        # one source of the boundary value: a fixed one, or the plasma level
+        if self.plasma and "value" in self.model_fields_set:
+            raise ValueError("give either value or plasma: true, not both")
+        if not self.plasma and "plasma_fraction" in self.model_fields_set:
+            raise ValueError("plasma_fraction needs plasma: true")
+        return self
 
 
 def at(path: str, msg: str) -> str:

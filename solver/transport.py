@@ -5,8 +5,9 @@ Each species c obeys, on P1 Lagrange elements with backward Euler,
     (c^{n+1} - c^n)/dt = div(D(x) grad c^{n+1}) + P S_V(x) (Cp - c^{n+1}) - (lam + k N_tot) c^{n+1} + q(x)
 
 with the vessel-wall Robin condition -D dc/dn = P (Cp - c) on `vessel_wall` facets, zero flux
-by default on the outer boundary, or a Dirichlet/Robin value per facet tag. Cp is the mean plasma
-level over the step, so a step conserves the exact dosed amount whatever its length.
+by default on the outer boundary, or a Dirichlet/Robin value per facet tag: fixed, or following
+the plasma (c_b = f Cp: the medium around a spheroid, the stroma beyond the domain). Cp is the
+mean plasma level over the step, so a step conserves the exact dosed amount whatever its length.
 
 Why it is cheap per step: every term but diffusion is lumped (diagonal), so the system matrix is
 A = K + diag(d) with K = the stiffness matrix of D(x), assembled ONCE per species, and d a vector
@@ -71,7 +72,8 @@ class SpeciesModel:
     continuum vessel source P S_V (Cp − c) and the Robin vessel walls.
     vascular_density: S_V [1/µm] as a DG0 Function or None; source: q(x) [µM/h] or None.
     plasma: callable (t0, t1) -> mean plasma level over [t0, t1] in µM, or None (no vessels).
-    boundary: outer-boundary values per facet name (Dirichlet, or Robin when `robin` is set).
+    boundary: outer-boundary values per facet name (Dirichlet, or Robin when `robin` is set); one
+    with `plasma` set takes `plasma_fraction` times the mean plasma level of each step as its value.
     wall_facets: facet tag values of the vessel walls (Robin with P and the plasma level).
     """
 
@@ -114,17 +116,33 @@ class SpeciesSolver:
         def ds_of(tags):
             return sum((ds(int(t)) for t in tags[1:]), ds(int(tags[0])))
 
-        # Dirichlet values on outer tags; Robin values (coefficient, value) on others.
-        self.bcs, robin = [], []
+        # Dirichlet values on outer tags; Robin values (coefficient, value) on others. A boundary
+        # that follows the plasma (plasma: true) splits its value as fixed + weight * Cp, both
+        # per dof: the lifting is linear in the value, so it is computed once for the fixed part
+        # and once for a unit plasma level, and a step only scales the second by its Cp.
+        robin = []
         fdim = self.mesh.topology.dim - 1
+        g_fixed, g_plasma = fem.Function(V), fem.Function(V)
+        dofs_all = []
         for name, bv in model.boundary.items():
+            if bv.plasma and model.plasma is None:
+                raise ValueError(f"{model.name}: boundary {name!r} follows the plasma, but the species has none")
             tags = model.boundary_facets[name]
             if bv.robin is None:
                 facets = np.concatenate([facet_tags.find(int(t)) for t in tags]) if tags else np.empty(0, np.int32)
                 dofs = fem.locate_dofs_topological(V, fdim, facets)
-                self.bcs.append(fem.dirichletbc(PETSc.ScalarType(bv.value), dofs, V))
+                # the same dof on two boundaries (a corner): the later one wins, on every rank
+                g_fixed.x.array[dofs] = 0.0 if bv.plasma else bv.value
+                g_plasma.x.array[dofs] = bv.plasma_fraction if bv.plasma else 0.0
+                dofs_all.append(dofs)
             else:
                 robin.append((bv, tags))
+        self.bcs = []
+        if dofs_all:
+            dofs = np.unique(np.concatenate(dofs_all)).astype(np.int32)
+            self.bcs = [fem.dirichletbc(g_fixed, dofs)]
+        self.plasma_bc = bool(self.bcs) and bool(np.any([bv.plasma and bv.robin is None
+                                                         for bv in model.boundary.values()]))
 
         # Stiffness matrix: the only matrix ever assembled for this species.
         k_form = compile_form(ufl.inner(model.diffusivity * ufl.grad(u), ufl.grad(v)) * dx)
@@ -132,16 +150,24 @@ class SpeciesSolver:
         self.A.assemble()
         COUNTERS.matrix_assemblies += 1
         self.K_diag = self.A.getDiagonal()
-        # Lifting of the (constant) Dirichlet values, once.
+        # Lifting of the Dirichlet values, once: of the fixed values, and of a unit plasma level.
         self.lift = self.c.x.petsc_vec.duplicate()  # ghosted, as apply_lifting needs
         self.lift.set(0.0)
+        self.lift_plasma = self.lift.duplicate()
+        self.lift_plasma.set(0.0)
         if self.bcs:
             fem_petsc.apply_lifting(self.lift, [k_form], bcs=[self.bcs])
             self.lift.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-        self.bc_rows = np.concatenate([bc.dof_indices()[0][: bc.dof_indices()[1]] for bc in self.bcs]) \
-            if self.bcs else np.empty(0, dtype=np.int32)
-        self.bc_values = np.concatenate([np.full(bc.dof_indices()[1], float(bc.g.value)) for bc in self.bcs]) \
-            if self.bcs else np.empty(0)
+            if self.plasma_bc:
+                fem_petsc.apply_lifting(self.lift_plasma, [k_form], bcs=[[fem.dirichletbc(g_plasma, dofs)]])
+                self.lift_plasma.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        if self.bcs:
+            owned = self.bcs[0].dof_indices()
+            self.bc_rows = owned[0][: owned[1]].copy()
+        else:
+            self.bc_rows = np.empty(0, dtype=np.int32)
+        self.bc_values = g_fixed.x.array[self.bc_rows].copy()
+        self.bc_plasma = g_plasma.x.array[self.bc_rows].copy()
 
         # Lumped (diagonal) vectors, each a row sum of a weighted mass matrix.
         one = fem.Constant(self.mesh, PETSc.ScalarType(1.0))
@@ -155,10 +181,14 @@ class SpeciesSolver:
                 compile_form(one * v * ds_of(model.wall_facets))).array
         self.robin_coeff = np.zeros_like(self.m)
         self.robin_source = np.zeros_like(self.m)
+        self.robin_plasma = np.zeros_like(self.m)  # multiplies Cp: Robin boundaries that follow the plasma
         for bv, tags in robin:
             w = assemble_vector(compile_form(one * v * ds_of(tags))).array
             self.robin_coeff += bv.robin * w
-            self.robin_source += bv.robin * bv.value * w
+            if bv.plasma:
+                self.robin_plasma += bv.robin * bv.plasma_fraction * w
+            else:
+                self.robin_source += bv.robin * bv.value * w
         self.source = np.zeros_like(self.m)
         if model.source is not None:
             self.source += assemble_vector(compile_form(model.source * v * dx)).array
@@ -169,11 +199,19 @@ class SpeciesSolver:
         # the consistent mass (lumped_mass: false) enters the matrix; it needs its own copy of K
         self.M = None
         if not lumped:
-            self.M = fem_petsc.assemble_matrix(compile_form(u * v * dx), bcs=self.bcs, diagonal=0.0)
+            m_form = compile_form(u * v * dx)
+            self.M = fem_petsc.assemble_matrix(m_form, bcs=self.bcs, diagonal=0.0)
             self.M.assemble()
             COUNTERS.matrix_assemblies += 1
             self.K = self.A.copy()
             self.M_diag = self.M.getDiagonal()
+            # the right-hand side needs the mass columns of the Dirichlet dofs, which M lacks:
+            # M_full (c_old - g_new on those dofs)/dt lifts a boundary value that changes in time
+            self.M_rhs = self.M
+            if self.bcs:
+                self.M_rhs = fem_petsc.assemble_matrix(m_form)
+                self.M_rhs.assemble()
+                COUNTERS.matrix_assemblies += 1
 
         self.h = cell_size
         self.D_max = self._max_diffusivity()
@@ -276,23 +314,30 @@ class SpeciesSolver:
             COUNTERS.pc_setups += 1
         self._dt = dt
 
+        # Cp is the mean plasma level over [t0, t1], for the vessels and the plasma boundaries
+        # alike: a Dirichlet value c = Cp is the limit of the Robin inflow P (Cp - c) as P grows,
+        # so both see the same level and a step of any length delivers the dosed exposure
         cp = self.model.plasma(t0, t1) if self.model.plasma is not None else 0.0
         b = self.b.array
         n = self.m.size
         c_old = self.c.x.array[:n].copy()
+        g_new = self.bc_values + cp * self.bc_plasma
         if self.M is None:
             b[:] = self.m / dt * c_old
         else:
-            tmp = self.M.createVecRight()
+            tmp = self.M_rhs.createVecRight()
             tmp.array[:] = c_old
-            self.M.mult(tmp, self.b)
+            tmp.array[self.bc_rows] -= g_new
+            self.M_rhs.mult(tmp, self.b)
             b[:] = self.b.array / dt
-        b += cp * self.exchange + self.robin_source + self.source + self.lift.array
+        b += cp * (self.exchange + self.robin_plasma) + self.robin_source + self.source + self.lift.array
+        if self.plasma_bc:
+            b += cp * self.lift_plasma.array
         if nodal_source is not None:
             b += self.m * nodal_source[:n]
         if self.time_source_form is not None:
             b += assemble_vector(self.time_source_form).array
-        b[self.bc_rows[self.bc_rows < n]] = self.bc_values[self.bc_rows < n]
+        b[self.bc_rows] = g_new
         self.ksp.solve(self.b, self.c.x.petsc_vec)
         reason = self.ksp.getConvergedReason()
         if reason < 0:
@@ -323,7 +368,80 @@ class SpeciesSolver:
             "inflow": dt * float(self.exchange @ (L["plasma"] - c)),
             "uptake": dt * float(np.sum(uptake * c)),
             "decay": dt * m.decay * float(self.m @ c),
-            "outflow": dt * float(self.robin_coeff @ c - self.robin_source.sum()),
+            "outflow": dt * float(self.robin_coeff @ c - self.robin_source.sum()
+                                  - L["plasma"] * self.robin_plasma.sum()),
             "source": dt * float(self.source.sum()),
         }
         return {k: self.comm.allreduce(v, op=MPI.SUM) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up checks that need the mesh and the tissue fields
+
+
+def check_entry(scenario, domain, tissue_fields) -> None:
+    """Refuse, before the first step, a drug that would do nothing silently.
+
+    - a boundary with ``plasma: true`` on a species that has no plasma level (the survival
+      factor, immune effectors), or on a drug whose plasma stays 0 all run (never dosed, and no
+      constant pk.level);
+    - a drug with a plasma level (dosed in some line, or a constant pk.level > 0) that has no way
+      into the tissue: no vessel_wall facets with a permeability, S_V = 0 everywhere (or no
+      permeability), no boundary with a value or ``plasma: true``, and a zero initial value. Its
+      concentration would stay 0 all run while its plasma cycles.
+
+    Every quantity is reduced over all ranks first, so every rank raises the same one-line
+    ScenarioError (no rank is left waiting in a collective).
+    """
+    from .spec import ScenarioError
+
+    comm = domain.mesh.comm
+    for key, spec in (("survival_factor", scenario.survival_factor), ("immune", scenario.immune)):
+        if not spec.enabled:
+            continue
+        for name, bv in spec.boundary.items():
+            if bv.plasma:
+                raise ScenarioError(f"{key}.boundary.{name}.plasma: the {key.replace('_', ' ')} has no "
+                                    "plasma level to follow (only drugs and oxygen have one); give a value")
+    # oxygen's plasma is its blood level: a plasma boundary on it is always meaningful
+
+    dosed = {d.drug for line in scenario.treatment.lines for d in line.regimen}
+    ft = domain.facet_tags
+    wall_tags = domain.facets.get("vessel_wall", ())
+    n_wall = comm.allreduce(int(sum(ft.find(int(t)).size for t in wall_tags)), op=MPI.SUM)
+    sv = tissue_fields.vascular_density.x.array
+    sv_max = comm.allreduce(float(np.max(sv)) if sv.size else 0.0, op=MPI.MAX)
+    for name, d in scenario.drugs.items():
+        key = f"drugs.{name}"
+        constant = d.pk.model == "constant"
+        has_plasma = name in dosed or (constant and d.pk.level > 0)
+        for bname, bv in d.boundary.items():
+            if bv.plasma and not has_plasma:
+                why = ("its pk.level is 0" if constant else
+                       "it is dosed in no line of treatment.lines")
+                raise ScenarioError(f"{key}.boundary.{bname}.plasma: the plasma level of {name!r} is 0 "
+                                    f"all run ({why}), so this boundary stays at 0")
+        if not has_plasma:
+            continue
+        ways = []
+        if d.permeability > 0 and n_wall > 0:
+            ways.append("vessel walls")
+        if d.permeability > 0 and sv_max > 0:
+            ways.append("vascular density")
+        for bv in d.boundary.values():
+            if bv.robin is not None and bv.robin <= 0:
+                continue  # a Robin coefficient of 0 is a closed boundary
+            if bv.plasma or bv.value > 0:
+                ways.append("boundary")
+        if d.initial > 0:
+            ways.append("initial value")
+        if ways:
+            continue
+        source = "is dosed" if name in dosed else "has a constant pk.level"
+        missing = [f"vessel_wall facets (the mesh has {n_wall}) with {key}.permeability "
+                   f"(now {d.permeability / 3600:g} um/s)",
+                   f"tissue.vascular_density > 0 somewhere (max {sv_max:g} 1/um) with {key}.permeability",
+                   f"{key}.boundary with a value > 0 or plasma: true (e.g. outer: {{plasma: true}})",
+                   f"{key}.initial > 0"]
+        raise ScenarioError(f"{key}: {name!r} {source} but has no way into the tissue, so it would "
+                            f"stay 0 all run; ways in: {'; '.join(missing)}")
