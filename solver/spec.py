@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from .units import Concentration, Permeability
 
@@ -46,6 +46,15 @@ class BoundaryValue(Spec):
         if not self.plasma and "plasma_fraction" in self.model_fields_set:
             raise ValueError("plasma_fraction needs plasma: true")
         return self
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler):
+        # written back (config.resolved.yaml) without the unused fixed value, so that it reads
+        # as what it is and validates again
+        data = handler(self)
+        if self.plasma:
+            data.pop("value", None)
+        return data
 
 
 def at(path: str, msg: str) -> str:
