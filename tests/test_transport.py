@@ -157,7 +157,7 @@ def test_boundary_value_keys():
 
     assert BoundaryValue(plasma=True).plasma_fraction == 1.0
     assert BoundaryValue(plasma=True, robin="0.5 um/s").robin == pytest.approx(1800.0)
-    for bad, text in [({"plasma": True, "value": 1.0}, "either value or plasma"),
+    for bad, text in [({"plasma": True, "value": "1 uM"}, "either value or plasma"),
                       ({"plasma_fraction": 0.5}, "needs plasma: true"),
                       ({"plasma": True, "plasma_fraction": 0.0}, "greater than 0"),
                       ({"plasma": True, "plasma_fraction": 2.0}, "less than or equal to 1")]:
