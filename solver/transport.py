@@ -316,7 +316,7 @@ class SpeciesSolver:
 
         # Cp is the mean plasma level over [t0, t1], for the vessels and the plasma boundaries
         # alike: a Dirichlet value c = Cp is the limit of the Robin inflow P (Cp - c) as P grows,
-        # so both see the same level and a step of any length delivers the dosed exposure
+        # so a plasma boundary sees the level the vessels see (the exact mean of the step)
         cp = self.model.plasma(t0, t1) if self.model.plasma is not None else 0.0
         b = self.b.array
         n = self.m.size
