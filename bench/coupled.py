@@ -30,7 +30,7 @@ from mpi4py import MPI  # noqa: E402
 import ufl  # noqa: E402
 
 from solver import scenario as sc  # noqa: E402
-from solver.simulation import Run  # noqa: E402
+from solver.problem import Problem  # noqa: E402
 from reactions import time_half_steps  # noqa: E402  (bench/reactions.py)
 from transport import matmult_time  # noqa: E402  (bench/transport.py)
 
@@ -75,7 +75,7 @@ def coupled_step(comm, n_cells=80, steps=10) -> dict:
     scen = sc.validate(raw)
     out = ROOT / "results" / "bench" / f"coupled-np{comm.size}"
     t0 = time.perf_counter()
-    r = Run(scen, out, comm=comm, overwrite=True)
+    r = Problem(scen, comm, out, overwrite=True).initialise()
     setup = time.perf_counter() - t0
     mm = matmult_time(r.model.species[0].solver.A)
     summary = r.run()

@@ -2,7 +2,7 @@
 
 The package reads as the model: ``scenario`` (the validated configuration) -> ``meshes`` and
 ``tissue`` (the domain and its properties) -> ``pk`` (plasma levels) -> ``transport`` (drugs,
-survival factor, oxygen) -> ``simulation`` (the time loop) -> ``outputs``.
+survival factor, oxygen) -> ``problem`` (the state, stepped by ``clock``) -> ``outputs``.
 """
 
 __version__ = "0.1.0"

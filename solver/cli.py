@@ -34,12 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     def add(name, **kw):
         return sub.add_parser(name, parents=[common], **kw)
 
-    r = add("run", help="run a scenario")
-    r.add_argument("config", type=Path, help="scenario YAML file")
+    r = add("run", help="run a scenario, or continue a stopped one (--resume DIR)")
+    r.add_argument("config", type=Path, nargs="?", help="scenario YAML file (with --resume: "
+                   "default the checkpoint's scenario)")
     r.add_argument("--out", type=Path, help="output directory (default results/<scenario name>)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a scenario value, e.g. --set time.end='10 day' (repeatable)")
     r.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    r.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last "
+                   "complete checkpoint, appending to its outputs")
+    r.add_argument("--resume-with-changes", action="store_true", help="with --resume: accept a "
+                   "scenario that differs in keys that can change mid-run (time.*, output.*)")
 
     v = add("validate", help="check a scenario and print its resolved form")
     v.add_argument("config", type=Path)
@@ -113,10 +118,17 @@ def _dispatch(args, comm) -> int:
                 overwrite=args.overwrite)
         return 0
     if args.command == "run":
-        scen = sc.load(args.config, args.overrides)
-        out = args.out or Path("results") / scen.name
-        from .simulation import run
+        from .problem import run
 
-        run(scen, out, comm=comm, overwrite=args.overwrite)
-        return 0
+        if args.resume is None:
+            if args.config is None:
+                raise ScenarioError("tme run: give a scenario file, or --resume DIR")
+            scen = sc.load(args.config, args.overrides)
+            summary = run(scen, args.out or Path("results") / scen.name, comm=comm, overwrite=args.overwrite)
+        else:
+            scen = None if args.config is None else sc.load(args.config, args.overrides)
+            summary = run(scen, args.resume, comm=comm, resume=True, overrides=args.overrides,
+                          with_changes=args.resume_with_changes)
+        # stopped by a signal: 128 + its number, as a shell reports a process it killed
+        return 128 + summary["signal"] if "signal" in summary else 0
     raise AssertionError(args.command)

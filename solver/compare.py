@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from . import log, outputs
 from .scenario import Scenario, load
 from .spec import ScenarioError
@@ -69,7 +67,7 @@ def _slug(override: str) -> str:
 
 
 def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overwrite=False) -> list[dict]:
-    from .simulation import run
+    from .problem import Problem
 
     logger = log.get()
     runs = plan(configs, list(sweeps), list(overrides))
@@ -84,15 +82,21 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
             continue
         if sub.rank == 0:
             log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
-        summary = run(r.scenario, out / r.name, comm=sub, overwrite=overwrite, quiet=True)
-        mine.append((i, summary))
+        level = logger.level
+        logger.setLevel(30)
+        try:
+            problem = Problem(r.scenario, sub, out / r.name, overwrite=overwrite).initialise()
+            summary = problem.run()
+        finally:
+            logger.setLevel(level)
+        mine.append((i, summary, problem.curve("burden")))
     sub.Free()
     gathered = comm.gather(mine, root=0)
     rows = []
     if comm.rank == 0:
-        by_index = dict(item for part in gathered for item in part)
+        by_index = {i: (s, curve) for part in gathered for i, s, curve in part}
         for i, r in enumerate(runs):
-            s = by_index[i]
+            s = by_index[i][0]
             ttp = s.get("time_to_progression_hours")
             rows.append({
                 "run": r.name, "config": str(r.config), "overrides": " ".join(r.overrides),
@@ -107,36 +111,8 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
             w = csv.DictWriter(fh, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(rows)
-        curves = {}
-        for r in runs:
-            t, b = _burden_curve(out / r.name / "timeseries.csv")
-            curves[r.name] = (t, b)
-        _plot(out / "comparison.png", curves)
+        outputs.plot_series(out / "comparison.png", None, {r.name: by_index[i][1] for i, r in enumerate(runs)},
+                            "tumour burden  ∫ N_tot dx", "burden per strategy", size=(8, 4.5))
         (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
         logger.info(f"compare: wrote {out / 'comparison.csv'} and {out / 'comparison.png'}")
     return comm.bcast(rows, root=0)
-
-
-def _burden_curve(path: Path):
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    return (np.array([float(r["t"]) for r in rows]), np.array([float(r["burden"]) for r in rows]))
-
-
-def _plot(path: Path, curves: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for name, (t, b) in curves.items():
-        ax.plot(t / 24.0, b, label=name, lw=1.4)
-    ax.set_xlabel("time [day]")
-    ax.set_ylabel("tumour burden  ∫ N_tot dx")
-    ax.set_title("burden per strategy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -277,6 +277,17 @@ class Plasma:
         self._cursor = 0
         self.version += 1
 
+    def state(self) -> list[list[float]]:
+        """The doses given so far, as plain data (JSON): :meth:`restore` takes it."""
+        return [list(d) for d in self._inputs]
+
+    def restore(self, state: list[list[float]]) -> None:
+        """Continue from a :meth:`state`; the event table is rebuilt from the doses in their
+        order, so every later level equals the saved run's to the last bit."""
+        self._inputs = [_Input(*map(float, d)) for d in state]
+        self._states, self._areas = [], []
+        self._rebuild(-math.inf)
+
     # ---- evaluation ------------------------------------------------------------------------
     def _advance(self, x: np.ndarray, rate: float, tau: float) -> tuple[np.ndarray, float]:
         """State after ``tau`` hours at constant input ``rate`` from state ``x``, and ∫ C over them."""
@@ -398,6 +409,15 @@ class PlasmaSet:
         plans = {name: p._plan(doses, start, key) for name, p in self.plasma.items()}
         for name, plan in plans.items():
             self.plasma[name]._add(plan)
+
+    def state(self) -> dict[str, list]:
+        """Every drug's doses so far (JSON): :meth:`restore` takes it."""
+        return {name: p.state() for name, p in self.plasma.items()}
+
+    def restore(self, state: dict[str, list]) -> None:
+        for name, p in self.plasma.items():
+            p.restore(state.get(name, []))
+        self._memo = None
 
     def cancel_from(self, t: float) -> None:
         """Stop every drug's regimen at ``t`` [hour] (a switch of line)."""

@@ -377,6 +377,34 @@ class Protocol:
         self.events.append(event)
         return [event]
 
+    def state(self) -> dict:
+        """What the protocol has decided so far, as plain data (JSON): :meth:`restore` takes it.
+
+        The current line is saved as its index and the positions of the doses its effective
+        regimen kept (a sequenced line gives only some of its doses)."""
+        kept = None
+        if self.line is not None:
+            given = self.spec.lines[self.index].regimen
+            kept = [i for i, d in enumerate(given) if any(d is k for k in self.line.regimen)]
+        return {"index": self.index, "kept": kept, "line_start": self.line_start,
+                "nadir": self.nadir, "stopped": self.stopped, "exhausted": self.exhausted,
+                "next": self._next, "events": [e.as_dict() for e in self.events],
+                "history": [dict(r.__dict__) for r in self.history]}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`state` of a protocol of the same treatment."""
+        self.index = state["index"]
+        if state["kept"] is None:
+            self.line = None
+        else:
+            line = self.spec.lines[self.index]
+            kept = [line.regimen[i] for i in state["kept"]]
+            self.line = line if len(kept) == len(line.regimen) else line.model_copy(update={"regimen": kept})
+        self.line_start, self.nadir = state["line_start"], state["nadir"]
+        self.stopped, self.exhausted, self._next = state["stopped"], state["exhausted"], state["next"]
+        self.events = [Event(e["time"], e["event"], e["reason"], e["data"]) for e in state["events"]]
+        self.history = [Record(**r) for r in state["history"]]
+
     def timeseries(self) -> dict[str, list]:
         """The history as columns (time, line_index, line, burden, nadir, threshold,
         resistant_fraction, outcome) for the outputs."""

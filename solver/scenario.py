@@ -246,10 +246,19 @@ class SnapshotSpec(Spec):
     times: list[Time] | None = Field(None, description="default: the end time; [] for none")
 
 
+class CheckpointSpec(Spec):
+    """When the whole state is saved for ``tme run --resume``: every ``every`` of simulated
+    time and/or every ``wall`` of wall-clock time; always at a stop by SIGINT, SIGTERM or SIGUSR1."""
+
+    every: Duration | None = Field(None, gt=0, description="simulated-time interval; None = none")
+    wall: Duration | None = Field(1.0, gt=0, description="wall-clock interval (e.g. '30 min'); None = none")
+
+
 class OutputSpec(Spec):
     every: Duration | None = Field(None, description="field output interval; default end/20")
     snapshots: SnapshotSpec = SnapshotSpec()
     plots: bool = True
+    checkpoint: CheckpointSpec = CheckpointSpec()
 
 
 class Scenario(Spec):

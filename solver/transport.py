@@ -221,6 +221,9 @@ class SpeciesSolver:
         self.ksp.setOptionsPrefix(prefix or f"tme_{model.name}_{SpeciesSolver._instances}_")
         self.ksp.setOperators(self.A)
         self._dt = None
+        self.pc_kind = None
+        self.pc_n_tot = None   # the cell density the AMG preconditioner was built at
+        self.pc_dt = None      # and the step [hour] it was built for
         self._diag = self.A.createVecLeft()
         self.b = self.A.createVecLeft()
         self.iterations = 0
@@ -298,20 +301,18 @@ class SpeciesSolver:
         dt = t1 - t0
         new_dt = dt != self._dt
         if new_dt:
-            if self.M is not None:
-                # A = K + M/dt; same sparsity, so a copy and an AXPY, not an assembly
-                self.K.copy(self.A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
-                self.A.axpy(1.0 / dt, self.M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
-                self.base_diag = self.K_diag.array + self.M_diag.array / dt
-            else:
-                self.base_diag = self.K_diag.array.copy()
-            self._configure_solver(dt)
-        self._diag.array[:] = self.base_diag + self.diagonal(dt, n_tot)
-        self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
+            self.step_matrix(dt, n_tot)
+        else:
+            self._diag.array[:] = self.base_diag + self.diagonal(dt, n_tot)
+            self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
         # Re-use the preconditioner while only N_tot moved: its hierarchy stays a good one.
         self.ksp.getPC().setReusePreconditioner(not new_dt and self.pc_kind == "amg")
         if new_dt or self.pc_kind != "amg":
             COUNTERS.pc_setups += 1
+        if new_dt and self.pc_kind == "amg":
+            # a reused preconditioner is part of the state: a resumed run rebuilds it from this
+            self.pc_n_tot = None if n_tot is None else n_tot[: self.m.size].copy()
+            self.pc_dt = dt
         self._dt = dt
 
         # Cp is the mean plasma level over [t0, t1], for the vessels and the plasma boundaries
@@ -349,6 +350,36 @@ class SpeciesSolver:
         return self.iterations
 
     # ----------------------------------------------------------------------------------------
+    @property
+    def reuses_preconditioner(self) -> bool:
+        """Is the AMG preconditioner carried from step to step (so part of a checkpoint)?"""
+        return self._dt is not None and self.pc_kind == "amg"
+
+    def restore_preconditioner(self, dt: float, n_tot: np.ndarray | None) -> None:
+        """Rebuild the preconditioner a resumed run's next step reuses: the one the saved run
+        built for steps of ``dt`` [hour] at cell density ``n_tot`` (owned dofs), so that the
+        resumed run repeats the saved one's solves exactly."""
+        self.step_matrix(dt, n_tot)
+        self.ksp.setUp()
+        self.pc_n_tot = None if n_tot is None else np.array(n_tot[: self.m.size])
+        self.pc_dt = dt
+
+    def step_matrix(self, dt: float, n_tot: np.ndarray | None) -> None:
+        """Configure the solver for steps of ``dt`` [hour] and write the step matrix at cell
+        density ``n_tot``."""
+        if self.M is not None:
+            # A = K + M/dt; same sparsity, so a copy and an AXPY, not an assembly
+            self.K.copy(self.A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+            self.A.axpy(1.0 / dt, self.M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+            self.base_diag = self.K_diag.array + self.M_diag.array / dt
+        else:
+            self.base_diag = self.K_diag.array.copy()
+        self._configure_solver(dt)
+        self._diag.array[:] = self.base_diag + self.diagonal(dt, n_tot)
+        self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
+        self.ksp.getPC().setReusePreconditioner(False)
+        self._dt = dt
+
     def balance(self) -> dict:
         """Amounts over the last step: change, vessel inflow, uptake, decay, boundary outflow.
 

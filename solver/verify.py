@@ -384,7 +384,7 @@ def ecm_hindrance(comm, n=200) -> Result:
     difference is the matrix alone.
     """
     from .scenario import RegionTissue, TissueSpec
-    from .simulation import diffusivity
+    from .problem import diffusivity
     from .tissue import build as build_tissue
 
     L, D0, k, phi, rf = 400.0, 16.0 * 3600, 1.0, 0.3, 1.5e-3

@@ -1,22 +1,41 @@
-"""What a run writes: fields for ParaView, time series, summary, plots and snapshots.
+"""What a run writes: fields for ParaView, time series, events, summary, plots, snapshots and
+checkpoints, each an :class:`Output` with its own cadence.
 
-Every writer is collective where it must be (XDMF, snapshots gather to rank 0) and writes files
-from rank 0 otherwise. Files are flushed as the run goes, so a run stopped by an error leaves
-valid, readable outputs up to its last completed step.
+Every writer is collective where it must be (field files, checkpoints, snapshots gather to rank
+0) and writes files from rank 0 otherwise. Whatever a run has written stays readable when it is
+killed at any moment: rows are appended whole, field frames and checkpoints are closed files
+that their index or name lists only once complete (see :mod:`solver.outputs.fields` and
+:mod:`solver.outputs.checkpoint`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import shutil
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from .spec import ScenarioError
+from ..spec import ScenarioError
+
+
+class Output(Protocol):
+    """What the problem writes through: an output decides itself when it is due.
+
+    ``milestones`` are the times [hour] its cadence needs the steps to land on; ``due(state)``
+    says whether the step just taken (``state.t``) is one of its times; ``write(state, t)``
+    writes at time t [hour]; ``close(state)`` finishes its files (at the end or at a stop).
+    """
+
+    milestones: tuple[float, ...]
+
+    def due(self, state) -> bool: ...
+
+    def write(self, state, t: float) -> None: ...
+
+    def close(self, state) -> None: ...
 
 
 def check_directory(out: Path, comm, overwrite: bool) -> None:
@@ -59,76 +78,50 @@ def prepare_directory(out: Path, comm, overwrite: bool) -> Path:
 
 
 #: Files and folders a run owns in its output directory (removed by --overwrite).
-RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields.h5", "timeseries.csv", "summary.json",
-             "events.csv", "events.json", "plots", "snapshots")
+RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields", "fields.h5", "timeseries.csv", "summary.json",
+             "events.csv", "events.json", "plots", "snapshots", "checkpoint")
 
 
-class FieldWriter:
-    """An XDMF time series (``fields.xdmf`` + ``fields.h5``) that ParaView opens."""
-
-    def __init__(self, path: Path, mesh):
-        from dolfinx import io
-
-        self.file = io.XDMFFile(mesh.comm, str(path), "w")
-        self.file.write_mesh(mesh)
-
-    def write(self, functions: list, t: float):
-        for f in functions:
-            self.file.write_function(f, t)
-
-    def close(self):
-        self.file.close()
-
-
-class TimeSeries:
-    """``timeseries.csv``: one row per step, flushed at once (rank 0 writes)."""
-
-    def __init__(self, path: Path, columns: list[str], comm):
-        self.columns = columns
-        self.rank0 = comm.rank == 0
-        self.rows: list[dict] = []
-        if self.rank0:
-            self._fh = open(path, "w", newline="")
-            self._w = csv.DictWriter(self._fh, fieldnames=columns)
-            self._w.writeheader()
-            self._fh.flush()
-
-    def add(self, row: dict):
-        self.rows.append(row)
-        if self.rank0:
-            self._w.writerow({k: _fmt(row.get(k, "")) for k in self.columns})
-            self._fh.flush()
-
-    def close(self):
-        if self.rank0:
-            self._fh.close()
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else str(v)
-    return v
-
-
-def write_json(path: Path, data: dict, comm):
+def write_json(path: Path, data, comm):
+    """Write ``data`` as JSON (rank 0), atomically: the file is always a whole one."""
     if comm.rank == 0:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-        os.replace(tmp, path)
+        replace_text(Path(path), json.dumps(data, indent=2, default=float) + "\n")
 
 
-def plot_series(path: Path, t_hours: np.ndarray, series: dict[str, np.ndarray], ylabel: str, title: str,
-                markers: list[tuple[float, str]] = (), logy: bool = False):
-    """A line plot of several series against time in days (rank 0 only)."""
+def replace_text(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (a temporary file renamed over it): a reader, or a
+    run killed meanwhile, sees the old file or the new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def append_line(fd: int, line: str) -> None:
+    """Append one whole line with a single write(2): a kill leaves it written or not at all."""
+    data = line.encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def plot_series(path: Path, t_hours: np.ndarray | None, series: dict, ylabel: str, title: str,
+                markers: list[tuple[float, str]] = (), logy: bool = False, size=(7, 4)):
+    """A line plot of several series against time in days (rank 0 only).
+
+    ``series`` maps a label to its values at ``t_hours`` [hour], or to a pair (times [hour],
+    values) when the series have times of their own (``t_hours`` None).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    days = np.asarray(t_hours) / 24.0
+    fig, ax = plt.subplots(figsize=size, dpi=120)
     for name, y in series.items():
-        ax.plot(days, y, label=name, lw=1.8 if name in ("total", "burden") else 1.2)
+        t, y = y if t_hours is None else (t_hours, y)
+        ax.plot(np.asarray(t) / 24.0, y, label=name, lw=1.8 if name in ("total", "burden") else 1.2)
     for t, label in markers:
         ax.axvline(t / 24.0, color="0.6", lw=0.8, ls=":")
     ax.set_xlabel("time [day]")

@@ -1,0 +1,141 @@
+"""Field output for ParaView that survives a crash: ``fields.xdmf`` + ``fields/``.
+
+ParaView opens ``fields.xdmf`` (File → Open, *Xdmf3 Reader S*): one time series in which every
+output time is ONE grid holding all fields, so a single block carries them all and
+``Calculator('doxorubicin*total')`` works on it.
+
+Why this shape: an HDF5 file that is open when the process dies is unreadable, and DOLFINx's
+XDMFFile keeps one open for the whole run. Here each output time is written (collectively,
+through DOLFINx's parallel HDF5) into a file of its own, ``fields/frame_<k>.h5``, which is
+closed before the index ``fields.xdmf`` is rewritten to list it; the index is replaced
+atomically (rename). A run killed at any moment therefore leaves an index that lists only
+closed, complete files. The mesh is written once per segment of the run (``fields/mesh_<s>.h5``:
+a run resumed on another number of ranks writes its partition anew), each frame pointing to the
+mesh it was written on.
+
+Units: fields as in the model (µM, volume fractions, µM·hour, hour); times in hours.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from . import replace_text
+
+_HEAD = ('<?xml version="1.0"?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n'
+         '<Xdmf Version="3.0">\n  <Domain>\n'
+         '    <Grid Name="fields" GridType="Collection" CollectionType="Temporal">\n')
+_TAIL = "    </Grid>\n  </Domain>\n</Xdmf>\n"
+
+
+class FieldOutput:
+    """All fields at the output times: ``fields.xdmf`` (the index) and ``fields/*.h5``.
+
+    ``functions`` are the DOLFINx functions written at each time (each under its own name);
+    ``times`` [hour] the output times (besides t = 0, a stop and the end, which the problem asks
+    for explicitly); ``before_write`` refreshes derived fields before a frame is written.
+    """
+
+    def __init__(self, out: Path, mesh, functions: list, times, before_write=None, segment: int = 1):
+        self.out, self.mesh, self.functions = Path(out), mesh, functions
+        self.comm = mesh.comm
+        self.milestones = tuple(times)
+        self._times = set(self.milestones)
+        self.before_write = before_write
+        self.dir = self.out / "fields"
+        self.segment = segment
+        self.frames: list[str] = []   # one <Grid> per output time, as XML text (rank 0)
+        self.times: list[float] = []
+        self._mesh_xml: tuple[str, str] | None = None
+
+    # -- resuming -----------------------------------------------------------------------------
+    def keep(self, n: int) -> None:
+        """Continue after the first ``n`` frames of the index (a resumed run): later frames,
+        written after the checkpoint, are dropped from the index."""
+        if self.comm.rank == 0:
+            index = self.out / "fields.xdmf"
+            grids = []
+            if index.exists():
+                root = ET.parse(index).getroot()
+                grids = root.findall("./Domain/Grid/Grid")
+            if len(grids) < n:
+                raise ValueError(f"{index}: lists {len(grids)} output times, the checkpoint {n}")
+            for g in grids[:n]:
+                ET.indent(g, space="  ", level=3)
+                self.frames.append("      " + ET.tostring(g, encoding="unicode").rstrip() + "\n")
+                self.times.append(float(g.find("Time").get("Value")))
+            replace_text(index, _HEAD + "".join(self.frames) + _TAIL)
+
+    # -- the Output interface -----------------------------------------------------------------
+    def due(self, state) -> bool:
+        # the clock lands on milestones exactly: membership, no tolerance
+        return state.t in self._times
+
+    def write(self, state, t: float) -> None:
+        from dolfinx import io, log as dlog
+
+        if self.before_write is not None:
+            self.before_write()
+        if self.comm.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.comm.barrier()
+        if self._mesh_xml is None:
+            self._mesh_xml = self._write_mesh()
+        k = int(state.written.get("frames", 0)) + 1
+        name = f"frame_{k:06d}"
+        level = dlog.get_log_level()
+        # the frame's own file lists no mesh (the index points to the mesh file), which
+        # DOLFINx would warn about on every rank
+        dlog.set_log_level(dlog.LogLevel.ERROR)
+        try:
+            with io.XDMFFile(self.comm, str(self.dir / f"{name}.xdmf"), "w") as f:
+                for fn in self.functions:
+                    f.write_function(fn, t)
+        finally:
+            dlog.set_log_level(level)
+        # the .h5 is closed now: list it in the index
+        if self.comm.rank == 0:
+            frame = self.dir / f"{name}.xdmf"
+            attrs = ET.parse(frame).getroot().findall(".//Attribute")
+            frame.unlink()
+            topo, geo = self._mesh_xml
+            parts = [f'      <Grid Name="fields" GridType="Uniform">\n{topo}{geo}'
+                     f'        <Time Value="{t!r}" />\n']
+            for a in attrs:
+                item = a.find("DataItem")
+                item.text = f"fields/{item.text.strip()}"
+                ET.indent(a, space="  ", level=4)
+                parts.append("        " + ET.tostring(a, encoding="unicode").rstrip() + "\n")
+            parts.append("      </Grid>\n")
+            self.frames.append("".join(parts))
+            self.times.append(t)
+            replace_text(self.out / "fields.xdmf", _HEAD + "".join(self.frames) + _TAIL)
+        state.written["frames"] = k
+        self.comm.barrier()
+
+    def close(self, state) -> None:
+        pass
+
+    # -----------------------------------------------------------------------------------------
+    def _write_mesh(self) -> tuple[str, str]:
+        """Write this segment's mesh; its Topology and Geometry XML for the index (rank 0)."""
+        from dolfinx import io
+
+        name = f"mesh_{self.segment}"
+        with io.XDMFFile(self.comm, str(self.dir / f"{name}.xdmf"), "w") as f:
+            f.write_mesh(self.mesh)
+        out = ("", "")
+        if self.comm.rank == 0:
+            path = self.dir / f"{name}.xdmf"
+            grid = ET.parse(path).getroot().find("./Domain/Grid")
+            path.unlink()
+            texts = []
+            for tag in ("Topology", "Geometry"):
+                el = grid.find(tag)
+                for item in el.iter("DataItem"):
+                    item.text = f"fields/{item.text.strip()}"
+                ET.indent(el, space="  ", level=4)
+                texts.append("        " + ET.tostring(el, encoding="unicode").rstrip() + "\n")
+            out = tuple(texts)
+        return out

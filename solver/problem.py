@@ -1,0 +1,1035 @@
+"""The problem: a validated scenario built into fields and solvers, stepped in time, written out.
+
+    scenario -> domain (mesh, tags) -> tissue fields -> species (drugs, factor, oxygen, immune)
+             -> clones -> protocol -> Strang-split steps -> outputs
+
+``Problem(scenario, comm, out)`` follows the lifecycle declare → build → run:
+:meth:`Problem.initialise` builds everything (mesh, tissue, species, clones, protocol, clock)
+and checks every name the scenario uses before the first step, writing nothing; with an output
+directory it then opens the outputs. :meth:`Problem.iterate` takes one step,
+:meth:`Problem.run` steps to the end. All that changes in time is in ``problem.state`` (a
+:class:`solver.state.State`) and in the fields; a checkpoint saves both and
+:meth:`Problem.resume` continues from one, on any number of ranks.
+
+One step from t to t + dt (MODEL.md §5): a half step of the pointwise clone reactions with the
+concentrations at t, a full backward-Euler transport step of every species with the cell density
+after that half step, and a second half step of reactions with the new concentrations. The step
+clock (:mod:`solver.clock`) lands steps exactly on doses, infusion ends, assessments, outputs,
+snapshots, checkpoints and the end.
+
+SIGINT, SIGTERM and SIGUSR1 (Slurm's ``--signal``) on any rank stop the run at the end of the
+current step on every rank: a checkpoint is written, the files closed, and the run reports where
+it stopped and how to resume. Ranks agree on it within the one reduction each step already does.
+
+Units: µm, hour, µM; densities are volume fractions.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time as wallclock
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import ufl
+from dolfinx import fem
+from mpi4py import MPI
+
+from . import log, meshes, outputs, tissue
+from .clock import Clock, regular
+from .clones import check_references as check_clones
+from .kernel import KernelError
+from .pharmacology import DRUG_CLASSES
+from .outputs import checkpoint as checkpoints
+from .outputs.checkpoint import Checkpoint
+from .outputs.fields import FieldOutput
+from .outputs.series import EventLog, TimeSeries
+from .pk import PlasmaSet
+from .protocol import Event, Protocol
+from .protocol import check_references as check_treatment
+from .reactions import CloneReactions, hill
+from .scenario import Scenario, resolved_yaml
+from .spec import ScenarioError, located
+from .state import State
+from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, check_entry, compile_form
+
+#: The signals that stop a run cleanly; the exit status is 128 + the signal's number.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class RunError(ScenarioError):
+    """A run that cannot go on (a NaN or a negative density, a checkpoint that cannot be
+    resumed); the message is one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# The model: what is built from a scenario before the first step
+
+
+@dataclass
+class Species:
+    """A transported species and how it is reported; ec50 [µM] for drugs, whose exposure maps
+    are ``auc`` [µM·hour] and ``above`` (time above EC50) [hour]."""
+
+    name: str
+    solver: SpeciesSolver
+    kind: str  # 'drug', 'factor', 'oxygen', 'immune'
+    ec50: float | None = None
+    auc: fem.Function | None = None
+    above: fem.Function | None = None
+
+
+@dataclass
+class Model:
+    """Everything built from a scenario before the first step."""
+
+    scenario: Scenario
+    domain: meshes.Domain
+    tissue: tissue.TissueFields
+    V: fem.FunctionSpace
+    plasma: PlasmaSet
+    species: list[Species] = field(default_factory=list)
+    n_tot: fem.Function | None = None
+    region: fem.Function | None = None
+    mass: np.ndarray | None = None                # lumped dof volumes (owned) [µm^d]
+    region_mass: dict[str, np.ndarray] = field(default_factory=dict)
+    clone_names: list[str] = field(default_factory=list)
+    N: np.ndarray | None = None                   # (K, n_local incl. ghosts) clone densities
+    clone_fields: list[fem.Function] = field(default_factory=list)
+    resistant: np.ndarray | None = None           # (K,) bool
+    resistant_field: fem.Function | None = None
+    reactions: CloneReactions | None = None
+    motility: list[SpeciesSolver] = field(default_factory=list)
+    sv_dofs: np.ndarray | None = None             # S_V at the dofs (immune recruitment) [1/µm]
+
+    def get(self, kind: str) -> Species | None:
+        return next((s for s in self.species if s.kind == kind), None)
+
+    @property
+    def drugs(self) -> list[Species]:
+        return [s for s in self.species if s.kind == "drug"]
+
+
+def diffusivity(D0: float, radius: float, tf: tissue.TissueFields, fibre_radius: float, name: str):
+    """D(x) = D0 exp(−√φ (1 + r/r_f)) as a DG0 function (Ogston hindrance)."""
+    D = fem.Function(tf.ecm_fraction.function_space, name=f"D_{name}")
+    D.x.array[:] = D0 * tissue.hindrance(tf.ecm_fraction.x.array, radius, fibre_radius)
+    return D
+
+
+def _lumped(V, weight, dx) -> np.ndarray:
+    """Row sums of the mass matrix weighted by ``weight`` (owned dofs)."""
+    v = ufl.TestFunction(V)
+    return assemble_vector(compile_form(weight * v * dx)).array.copy()
+
+
+def _to_dofs(V, cell_values: fem.Function, mass: np.ndarray) -> np.ndarray:
+    """A DG0 field at the P1 dofs, by lumped L2 projection (exact for constants), with ghosts."""
+    f = fem.Function(V)
+    n = mass.size
+    f.x.array[:n] = _lumped(V, cell_values, ufl.dx) / np.where(mass > 0, mass, 1.0)
+    f.x.scatter_forward()
+    return f.x.array.copy()
+
+
+# --------------------------------------------------------------------------------------------
+# The species table: one row per kind of transported species
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a species row needs to describe its transport."""
+
+    scenario: Scenario
+    domain: meshes.Domain
+    tissue: tissue.TissueFields
+    plasma: PlasmaSet
+
+    def hindered(self, spec, name):
+        return diffusivity(spec.diffusivity, spec.radius, self.tissue, self.scenario.tissue.fibre_radius, name)
+
+    def boundary(self, spec, key):
+        return dict(boundary=dict(spec.boundary),
+                    boundary_facets={n: self.domain.facet(n, f"{key}.boundary.{n}") for n in spec.boundary})
+
+    def vessels(self, spec, plasma):
+        return dict(permeability=spec.permeability, vascular_density=self.tissue.vascular_density,
+                    plasma=plasma, wall_facets=self.domain.facets.get("vessel_wall", ()))
+
+
+@dataclass(frozen=True)
+class SpeciesKind:
+    """A kind of transported species: which of the scenario's sections declare one
+    (``entries``: scenario -> [(name, key, spec)]), and its transport (``model``)."""
+
+    kind: str
+    entries: Callable[[Scenario], list]
+    model: Callable[[_Context, str, str, object], SpeciesModel]
+
+
+def _if_enabled(section: str, name: str):
+    return lambda sc: [(name, section, getattr(sc, section))] if getattr(sc, section).enabled else []
+
+
+def _mean_of(plasma: PlasmaSet, name: str):
+    return lambda t0, t1: plasma.means(t0, t1)[name]
+
+
+SPECIES = (
+    SpeciesKind("drug", lambda sc: [(n, f"drugs.{n}", d) for n, d in sc.drugs.items()],
+                lambda c, name, key, d: SpeciesModel(
+                    name=name, diffusivity=c.hindered(d, name), decay=d.decay, uptake=d.uptake,
+                    initial=d.initial, **c.vessels(d, _mean_of(c.plasma, name)), **c.boundary(d, key))),
+    SpeciesKind("factor", _if_enabled("survival_factor", "factor"),
+                lambda c, name, key, f: SpeciesModel(
+                    name=name, diffusivity=c.hindered(f, name), decay=f.decay, uptake=f.uptake,
+                    source=f.secretion * c.tissue.caf_density, initial=f.initial, **c.boundary(f, key))),
+    SpeciesKind("oxygen", _if_enabled("oxygen", "oxygen"),
+                lambda c, name, key, o: SpeciesModel(
+                    name=name, diffusivity=c.hindered(o, name), decay=o.decay, uptake=o.consumption,
+                    initial=o.blood_level if o.initial is None else o.initial,
+                    **c.vessels(o, lambda t0, t1, level=o.blood_level: level), **c.boundary(o, key))),
+    SpeciesKind("immune", _if_enabled("immune", "immune"),
+                lambda c, name, key, e: SpeciesModel(
+                    name=name, diffusivity=fem.Constant(c.domain.mesh, e.diffusivity), decay=e.clearance,
+                    initial=e.initial, **c.boundary(e, key))),
+)
+
+
+def build(scenario: Scenario, comm) -> Model:
+    """Mesh, tissue, species and clones of ``scenario``; checks every name it uses against the
+    mesh. Writes nothing."""
+    logger = log.get()
+    t0 = wallclock.perf_counter()
+    domain = meshes.build(scenario.mesh, comm)
+    tf = tissue.build(scenario.tissue, domain)
+    V = fem.functionspace(domain.mesh, ("Lagrange", 1))
+    ndofs = V.dofmap.index_map.size_global
+    _check_regions(scenario, domain)
+    check_entry(scenario, domain, tf)  # every drug has a way into the tissue (needs mesh + tissue)
+    plasma = PlasmaSet(scenario.drugs)
+    model = Model(scenario, domain, tf, V, plasma)
+    num = scenario.numerics
+    h = domain.cell_size()
+    nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
+    one = fem.Constant(domain.mesh, 1.0)
+    model.mass = _lumped(V, one, ufl.dx)
+    dx_tags = ufl.Measure("dx", domain=domain.mesh, subdomain_data=domain.cell_tags)
+    for name, tag in domain.regions.items():
+        model.region_mass[name] = _lumped(V, one, dx_tags(tag))
+
+    model.n_tot = fem.Function(V, name="total")
+    model.n_tot.x.array[:] = 1.0  # cells fill the tissue unless clones say otherwise
+
+    ctx = _Context(scenario, domain, tf, plasma)
+    for kind in SPECIES:
+        for name, key, spec in kind.entries(scenario):
+            solver = SpeciesSolver(kind.model(ctx, name, key, spec), V, domain.facet_tags,
+                                   lumped=num.lumped_mass, solver=num.solver,
+                                   amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h)
+            sp = Species(name, solver, kind.kind, getattr(spec, "ec50", None) if kind.kind == "drug" else None)
+            if kind.kind == "drug":
+                sp.auc = fem.Function(V, name=f"auc_{name}")
+                sp.above = fem.Function(V, name=f"time_above_ec50_{name}")
+            model.species.append(sp)
+    if model.get("immune") is not None:
+        model.sv_dofs = _to_dofs(V, tf.vascular_density, model.mass)
+
+    # region tags as a DG0 field, for ParaView
+    W = tf.ecm_fraction.function_space
+    model.region = fem.Function(W, name="region")
+    ct = domain.cell_tags
+    ncells = domain.mesh.topology.index_map(domain.dim).size_local
+    keep = ct.indices < ncells
+    model.region.x.array[ct.indices[keep]] = ct.values[keep]
+    model.region.x.scatter_forward()
+
+    cl = scenario.clones
+    if cl is not None and cl.clones:
+        _build_clones(model, cl, nloc, domain, num, h)
+    logger.info(f"mesh: {domain.dim}-D, {domain.mesh.topology.index_map(domain.dim).size_global} cells, "
+                f"{ndofs} dofs per field, regions: {', '.join(domain.regions)}; "
+                f"{comm.size} rank(s); built in {wallclock.perf_counter() - t0:.1f} s")
+    return model
+
+
+def _check_regions(scenario: Scenario, domain: meshes.Domain):
+    """Region and facet names the scenario uses must exist in the mesh (one-line errors)."""
+    regions = list(domain.regions)
+    try:
+        if scenario.clones is not None:
+            check_clones(scenario.clones, scenario.drugs, regions)
+        check_treatment(scenario.treatment, set(scenario.drugs),
+                        scenario.clones.mechanisms() if scenario.clones else {}, regions)
+    except ValueError as exc:
+        raise ScenarioError(located(exc)) from None
+
+
+def _build_clones(model: Model, cl, nloc, domain, num, h):
+    sc = model.scenario
+    V = model.V
+    key = "clones.clones"
+    model.clone_names = list(cl.clones)
+    K = len(model.clone_names)
+    model.N = np.zeros((K, nloc))
+    W = model.tissue.ecm_fraction.function_space
+    for i, (name, c) in enumerate(cl.clones.items()):
+        if isinstance(c.initial, dict):
+            cellwise = fem.Function(W)
+            for region, frac in c.initial.items():
+                tag = domain.region(region, f"{key}.{name}.initial.{region}")
+                cellwise.x.array[model.region.x.array == tag] = frac
+            model.N[i] = _to_dofs(V, cellwise, model.mass)
+        else:
+            model.N[i] = c.initial
+        model.clone_fields.append(fem.Function(V, name=name))
+    model.resistant = np.array(cl.resistant(), bool)
+    model.resistant_field = fem.Function(V, name="resistant_fraction")
+    sf, ox = sc.survival_factor, sc.oxygen
+    model.reactions = CloneReactions.from_specs(
+        cl, sc.drugs, nloc, factor_half=sf.half_effect if sf.enabled else None,
+        oxygen_half=ox.hypoxia if ox.enabled else None, kernel=num.reaction_kernel)
+    # the compiled step is built now, so that a compiler failure stops the run before any file
+    # is written; every rank learns of a failure on any rank
+    try:
+        model.reactions.prepare(bool(model.drugs), model.get("factor") is not None,
+                                model.get("oxygen") is not None, model.get("immune") is not None)
+        failure = None
+    except KernelError as exc:
+        failure = f"numerics.reaction_kernel: 'compiled' cannot be used: {exc}"
+    failure = next((f for f in model.V.mesh.comm.allgather(failure) if f), None)
+    if failure:
+        raise ScenarioError(failure)
+    if cl.motility > 0:
+        for name in model.clone_names:
+            model.motility.append(SpeciesSolver(
+                SpeciesModel(name=f"motility_{name}", diffusivity=fem.Constant(domain.mesh, cl.motility)),
+                V, domain.facet_tags, lumped=num.lumped_mass, solver=num.solver,
+                amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h))
+    np.sum(model.N, axis=0, out=model.n_tot.x.array)
+
+
+# --------------------------------------------------------------------------------------------
+# Signals
+
+
+class _Signals:
+    """While a run steps: SIGINT, SIGTERM and SIGUSR1 only note that a stop was asked for; the
+    run agrees on it across ranks at the end of the step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._old[s] = signal.signal(s, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def flags(self) -> list[float]:
+        return [float(self.received == s) for s in STOP_SIGNALS]
+
+
+# --------------------------------------------------------------------------------------------
+# The problem
+
+
+class Problem:
+    """One simulation of a scenario (see the module docstring).
+
+    ``out``: the output directory, or None to build and step without writing anything (``tme
+    validate`` builds through :meth:`initialise` only). ``overwrite``: replace a previous run's
+    files in ``out``. Times in hours; ``state`` holds everything that changes in time.
+    """
+
+    def __init__(self, scenario: Scenario, comm=MPI.COMM_WORLD, out: Path | None = None, *,
+                 overwrite: bool = False):
+        self.scenario, self.comm = scenario, comm
+        self.out = None if out is None else Path(out)
+        self.overwrite = overwrite
+        self.logger = log.get()
+        self.model: Model | None = None
+        self.outputs: list = []
+        self.state = State()
+        self.signal: int | None = None
+        self._resume_from: Path | None = None
+        self._new_events: list[Event] = []
+        self._last = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def initialise(self) -> "Problem":
+        """Build the model, the protocol and the clock, then open the outputs (when ``out``).
+
+        Everything a scenario can get wrong is found before any file is written."""
+        if self.out is not None and self._resume_from is None:
+            outputs.check_directory(self.out, self.comm, self.overwrite)
+        sc = self.scenario
+        self.model = build(sc, self.comm)
+        m = self.model
+        self.protocol = Protocol(sc.treatment, sc.clones.mechanisms() if sc.clones else {})
+        end = sc.time.end
+        self.field_times = sorted(set(regular(sc.output.every or end / 20.0, end))
+                                  | set(self._snapshot_times()) | {end})
+        self.checkpoint_times = regular(sc.output.checkpoint.every, end)
+        self.clock = Clock.of(sc.time, self.field_times + self.checkpoint_times)
+        self._c = np.zeros((len(m.drugs), m.V.dofmap.index_map.size_local + m.V.dofmap.index_map.num_ghosts))
+        self._ici = [i for i, s in enumerate(m.drugs)
+                     if DRUG_CLASSES[sc.drugs[s.name].drug_class].activates_immunity]
+        self.state = State(dt_next=self.clock.dt_first)
+        if self._resume_from is not None:
+            self._restore(self._resume_from)
+        if self.out is not None:
+            self._open_outputs()
+        return self
+
+    def _snapshot_times(self) -> list[float]:
+        times = self.scenario.output.snapshots.times
+        return [self.scenario.time.end] if times is None else list(times)
+
+    def _open_outputs(self):
+        sc, m, comm, st = self.scenario, self.model, self.comm, self.state
+        resumed = self._resume_from is not None
+        if not resumed:
+            self.out = outputs.prepare_directory(self.out, comm, self.overwrite)
+        if comm.rank == 0:
+            outputs.replace_text(self.out / "config.resolved.yaml", resolved_yaml(sc))
+        self.series = TimeSeries(self.out / "timeseries.csv", self._columns(), comm, row=self._current_row)
+        self.events = EventLog(self.out, comm, pending=self._take_events)
+        self.fields = FieldOutput(self.out, m.domain.mesh, self._fields(), self.field_times,
+                                  before_write=self._update_fields, segment=st.segments)
+        self.snapshots = _Snapshots(self, self._snapshot_times())
+        ck = sc.output.checkpoint
+        self.checkpoint = Checkpoint(self.out, comm, self._checkpoint_functions(), self.checkpoint_times,
+                                     None if ck.wall is None else ck.wall * 3600.0, resolved_yaml(sc),
+                                     before_write=self._before_checkpoint,
+                                     meta={"dofs_per_field": m.V.dofmap.index_map.size_global})
+        # the checkpoint last: it records how far the others got
+        self.outputs = [self.series, self.events, self.fields, self.snapshots, self.checkpoint]
+        try:
+            if resumed:
+                w = st.written
+                self.series.keep(w.get("rows", 0))
+                self.events.keep(w.get("events", 0))
+                self.fields.keep(w.get("frames", 0))
+        except (OSError, ValueError) as exc:
+            err = f"--resume {self.out}: its outputs do not match the checkpoint: {exc}"
+        else:
+            err = None
+        err = comm.bcast(err, root=0)
+        if err:
+            raise RunError(err)
+        if not resumed:
+            self.series.open()
+            self.events.open()
+
+    # -- stepping -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """The state at t = 0: line 1 starts, its doses are scheduled, t = 0 is written."""
+        sc, st = self.scenario, self.state
+        burden, fractions, regions = self._observe(0.0)
+        if sc.treatment.lines:
+            self._new_events += self.protocol.start(0.0, burden, fractions, regions)
+            self._schedule(self.protocol.line.regimen, 0.0, self.protocol.index)
+        st.nadir = (burden, 0.0)
+        self._last = (0.0, burden, fractions, None)
+        if self.outputs:
+            self.events.write(st, 0.0)
+            self.fields.write(st, 0.0)
+            self.series.write(st, 0.0)
+
+    def iterate(self) -> None:
+        """One step: to the next milestone or by the longest step the clock allows."""
+        sc, m, st, clock = self.scenario, self.model, self.state, self.clock
+        next_event = m.plasma.next_event(st.t)
+        next_assess = self.protocol.next_assessment() if sc.treatment.lines else math.inf
+        t0 = st.t
+        t1 = clock.step_end(t0, st.dt_next, (next_event, next_assess))
+        dt = t1 - t0
+        self._step(t0, t1)
+        st.t, st.steps = t1, st.steps + 1
+        burden, fractions, regions = self._observe(t1)
+        if burden < st.nadir[0]:
+            st.nadir = (burden, t1)
+        assessed = None
+        switched = False
+        if clock.at(t1, [next_assess]):
+            decision = self.protocol.assess(t1, burden, self._resistant_fraction(fractions), fractions, regions)
+            self._new_events += decision.events
+            assessed = decision
+            if decision.new_line is not None:
+                m.plasma.cancel_from(t1)
+                st.pending_doses = [d for d in st.pending_doses if d[0] < t1 - clock.tol]
+                self._schedule(decision.new_line.regimen, t1, self.protocol.index)
+                switched = True
+            if decision.stop:
+                st.stopped = decision.events[-1].reason
+        # after the assessment: a switch at t cancels the old line's doses at t
+        self._log_doses(t1)
+        self._last = (dt, burden, fractions, assessed)
+        # a dose starts or an infusion ends, or a new line starts: small steps again
+        st.dt_next = clock.next_dt(dt, restart=switched or clock.at(t1, [next_event]))
+        for o in self.outputs:
+            if o.due(st):
+                o.write(st, t1)
+
+    def run(self) -> dict:
+        """Step to the end (or a stop); returns the summary (also written to summary.json)."""
+        sc, st, clock = self.scenario, self.state, self.clock
+        self._segment_start = wallclock.perf_counter()
+        if st.steps == 0:
+            self.start()
+        counters_before = COUNTERS.snapshot()
+        progress = _Progress(clock.end, self.logger, self.comm)
+        try:
+            with _Signals() as self._signals:
+                while not clock.done(st.t) and st.stopped is None and self.signal is None:
+                    self.iterate()
+                    progress.update(st.t)
+            if self.outputs and st.stopped is not None and self.fields.times[-1:] != [st.t]:
+                self.fields.write(st, st.t)
+            if self.signal is None and st.stopped is None and sc.treatment.lines:
+                self._new_events += self.protocol.end(st.t)
+                if self.outputs:
+                    self.events.write(st, st.t)
+        finally:
+            for o in self.outputs:
+                o.close(st)
+            progress.done()
+        loop = {k: COUNTERS.snapshot()[k] - counters_before[k] for k in counters_before}
+        wall = st.wall_seconds + wallclock.perf_counter() - self._segment_start
+        summary = self._summary(wall, loop)
+        if self.outputs:
+            outputs.write_json(self.out / "summary.json", summary, self.comm)
+            if sc.output.plots and self.comm.rank == 0:
+                self._plots()
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name
+            where = f"checkpoint {self.checkpoint.path}" if self.outputs else "nothing written"
+            self.logger.warning(f"tme: stopped by {name} at t = {st.t:g} h ({st.t / 24:.4g} day), step "
+                                f"{st.steps}; {where}; continue with: tme run --resume {self.out}")
+        else:
+            self.logger.info(f"done: {st.steps} steps in {wall:.1f} s" +
+                             (f"; results in {self.out}" if self.out else ""))
+        return summary
+
+    # -- checkpoint and resume ------------------------------------------------------------------
+    @classmethod
+    def resume(cls, out: Path, comm=MPI.COMM_WORLD, scenario: Scenario | None = None,
+               with_changes: bool = False, overrides=()) -> "Problem":
+        """The problem of the run in ``out``, to continue from its last complete checkpoint.
+
+        ``scenario``: the scenario to continue with (default: the checkpoint's, with
+        ``overrides``); it must equal the checkpoint's unless ``with_changes`` and every
+        difference is one that can take effect mid-run (:data:`RESUMABLE_CHANGES`). Raises
+        RunError with one line otherwise. Call :meth:`initialise` then :meth:`run`.
+        """
+        from . import scenario as scn
+
+        out = Path(out)
+        info = None
+        if comm.rank == 0:
+            info = _resumable(out)
+        info = comm.bcast(info, root=0)
+        if isinstance(info, str):
+            raise RunError(info)
+        path, saved_yaml = Path(info[0]), info[1]
+        saved = scn.load(path / "scenario.yaml")
+        new = scenario if scenario is not None else (scn.load(path / "scenario.yaml", list(overrides))
+                                                     if overrides else saved)
+        diff = first_difference(saved.model_dump(mode="json"), new.model_dump(mode="json"))
+        if diff is not None:
+            if not with_changes:
+                raise RunError(f"--resume {out}: the scenario differs from the checkpoint's at {diff}; "
+                               f"pass --resume-with-changes if the change is meant (allowed: "
+                               f"{', '.join(RESUMABLE_CHANGES)})")
+            for key in all_differences(saved.model_dump(mode="json"), new.model_dump(mode="json")):
+                if not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
+                    raise RunError(f"--resume-with-changes: {key} cannot change in the middle of a run; "
+                                   f"only {', '.join(RESUMABLE_CHANGES)} can")
+        state = checkpoints.read_state(path) if comm.rank == 0 else None
+        state = comm.bcast(state, root=0)
+        if new.time.end <= state.t:
+            raise RunError(f"time.end: {new.time.end:g} hour is not after the checkpoint's time "
+                           f"{state.t:g} hour")
+        p = cls(new, comm, out)
+        p._resume_from = path
+        p._saved_state = state
+        return p
+
+    def _restore(self, path: Path) -> None:
+        st = self._saved_state
+        st.segments += 1
+        self.state = st
+        self.protocol.restore(st.protocol)
+        self.model.plasma.restore(st.plasma)
+        m = self.model
+        funcs = self._checkpoint_functions()
+        pcs = {name: fem.Function(m.V) if saved["n_tot"] else None for name, saved in st.solvers.items()}
+        checkpoints.read_fields(path, {**funcs, **{f"pc_{n}": f for n, f in pcs.items() if f is not None}})
+        if m.N is not None:
+            for i, f in enumerate(m.clone_fields):
+                m.N[i] = f.x.array
+        n = m.mass.size
+        for s in self._all_solvers():
+            if s.model.name in st.solvers:
+                f = pcs[s.model.name]
+                s.restore_preconditioner(st.solvers[s.model.name]["dt"], None if f is None else f.x.array[:n])
+        st.dt_next = min(st.dt_next, self.clock.dt_max)   # time.dt may have been lowered
+        self.logger.info(f"resumed from {path} at t = {st.t:g} h ({st.t / 24:.4g} day), step {st.steps}")
+
+    def _all_solvers(self) -> list[SpeciesSolver]:
+        return [s.solver for s in self.model.species] + list(self.model.motility)
+
+    def _checkpoint_functions(self) -> dict:
+        m = self.model
+        funcs = {f"c_{s.name}": s.solver.c for s in m.species}
+        funcs.update({f"auc_{s.name}": s.auc for s in m.drugs})
+        funcs.update({f"above_{s.name}": s.above for s in m.drugs})
+        funcs.update({f"N_{c}": f for c, f in zip(m.clone_names, m.clone_fields)})
+        if m.N is not None:
+            funcs["n_tot"] = m.n_tot
+        return funcs
+
+    def _before_checkpoint(self):
+        m, st = self.model, self.state
+        if m.N is not None:
+            for i, f in enumerate(m.clone_fields):
+                f.x.array[:] = m.N[i]
+        st.protocol = self.protocol.state()
+        st.plasma = m.plasma.state()
+        st.wall_seconds = st.wall_seconds + wallclock.perf_counter() - self._segment_start
+        self._segment_start = wallclock.perf_counter()
+        st.solvers = {}
+        extra = {}
+        n = m.mass.size
+        for s in self._all_solvers():
+            if s.reuses_preconditioner:
+                st.solvers[s.model.name] = {"dt": s.pc_dt, "n_tot": s.pc_n_tot is not None}
+                if s.pc_n_tot is not None:
+                    f = fem.Function(m.V)
+                    f.x.array[:n] = s.pc_n_tot
+                    f.x.scatter_forward()
+                    extra[f"pc_{s.model.name}"] = f
+        self.checkpoint.functions = {**self._checkpoint_functions(), **extra}
+
+    # -- one step -------------------------------------------------------------------------------
+    def _schedule(self, regimen, t0, index):
+        key = f"treatment.lines.{index}.regimen"
+        self.model.plasma.add_regimen(regimen, t0, key)
+        for dose in regimen:
+            for k in range(dose.cycles):
+                ts = t0 + dose.start + k * (dose.every or 0.0)
+                if ts <= self.scenario.time.end:
+                    self.state.pending_doses.append((ts, dose.drug, k + 1))
+        self.state.pending_doses.sort()
+
+    def _log_doses(self, t):
+        tol = self.clock.tol
+        st = self.state
+        due = [d for d in st.pending_doses if d[0] <= t + tol]
+        if due:
+            st.pending_doses = [d for d in st.pending_doses if d[0] > t + tol]
+            self._new_events += [Event(ts, "dose", f"{drug}, cycle {k}", {"drug": drug, "cycle": k})
+                                 for ts, drug, k in due]
+
+    def _take_events(self) -> list[Event]:
+        events, self._new_events = self._new_events, []
+        return events
+
+    def _concentrations(self, activation=None):
+        """Drug levels, factor, oxygen and immune effectors for a reaction half step;
+        ``activation``: the checkpoint-inhibitor activation at the current levels when the
+        caller has it."""
+        m = self.model
+        for j, s in enumerate(m.drugs):
+            np.copyto(self._c[j], s.solver.c.x.array)
+        sf, ox, im = m.get("factor"), m.get("oxygen"), m.get("immune")
+        e = None
+        if im is not None:
+            e = im.solver.c.x.array
+            if self._ici:
+                if activation is None:
+                    activation = self._activation()
+                e = e * (1.0 + self.scenario.immune.kill_boost * activation)
+        return (self._c if m.drugs else None, None if sf is None else sf.solver.c.x.array,
+                None if ox is None else ox.solver.c.x.array, e)
+
+    def _activation(self) -> np.ndarray:
+        """Checkpoint-inhibitor activation A_I at the dofs (the strongest one when several)."""
+        m = self.model
+        out = 0.0
+        for j in self._ici:
+            d = self.scenario.drugs[m.drugs[j].name]
+            out = np.maximum(out, hill(np.maximum(m.drugs[j].solver.c.x.array, 0.0), d.ec50, d.hill))
+        return out
+
+    def _step(self, t0, t1):
+        m = self.model
+        dt = t1 - t0
+        if m.reactions is not None:
+            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
+        n_tot = m.n_tot.x.array
+        activation = None   # of the checkpoint inhibitors at t1 (drugs are stepped first)
+        for s in m.species:
+            source = None
+            if s.kind == "immune":
+                im = self.scenario.immune
+                if self._ici:
+                    activation = self._activation()
+                boost = 1.0 + im.boost * activation if self._ici else 1.0
+                source = im.recruitment * m.sv_dofs * boost
+            s.solver.step(t0, t1, n_tot, nodal_source=source)
+        if m.reactions is not None:
+            for i, solver in enumerate(m.motility):
+                solver.c.x.array[:] = m.N[i]
+                solver.step(t0, t1)
+                m.N[i] = np.maximum(solver.c.x.array, 0.0)
+            m.reactions.advance(m.N, *self._concentrations(activation), 0.5 * dt,
+                                total=m.n_tot.x.array)
+        for s in m.drugs:
+            c = s.solver.c.x.array
+            s.auc.x.array[:] += dt * c
+            s.above.x.array[:] += dt * (c >= s.ec50)
+
+    def _observe(self, t):
+        """Burden ∫ N_tot dx, clone fractions (whole domain) and clone amounts per region; raises
+        RunError on a NaN or a negative density.
+
+        One reduction per step gathers these, the amount of every species, whether any rank
+        found a bad value, whether any rank was sent a stop signal, and whether rank 0's wall
+        clock calls for a checkpoint.
+        """
+        m = self.model
+        n = m.mass.size
+        bad = self._check_local(t)
+        signals = getattr(self, "_signals", None)
+        ck = getattr(self, "checkpoint", None)
+        flags = [float(bad is not None)] + (signals.flags() if signals else [0.0] * len(STOP_SIGNALS)) \
+            + [float(self.comm.rank == 0 and ck is not None and ck.wall_elapsed())]
+        parts = [np.array(flags), np.array([float(m.mass @ s.solver.c.x.array[:n]) for s in m.species])]
+        if m.N is not None:
+            parts.append((m.N[:, :n] @ m.mass).ravel())
+            parts += [(m.N[:, :n] @ m.region_mass[r]).ravel() for r in m.region_mass]
+        flat = self.comm.allreduce(np.concatenate(parts), op=MPI.SUM)
+        nf = len(flags)
+        if flat[0] > 0:
+            msgs = [w for w in self.comm.allgather(bad) if w]
+            raise RunError(msgs[0] + "; the outputs written so far are complete up to the previous step")
+        stop = [s for s, v in zip(STOP_SIGNALS, flat[1:nf - 1]) if v > 0]
+        if stop and self.signal is None:
+            self.signal = int(stop[0])
+            if ck is not None:
+                ck.requested = True
+        if ck is not None:
+            ck.wall_due = bool(flat[nf - 1] > 0)
+        flat = flat[nf:]
+        n_sp = len(m.species)
+        self._species_totals = {s.name: float(v) for s, v in zip(m.species, flat[:n_sp])}
+        if m.N is None:
+            return float("nan"), {}, {}
+        K = len(m.clone_names)
+        tot = flat[n_sp:].reshape(-1, K)
+        names = m.clone_names
+        whole = tot[0]
+        burden = float(whole.sum())
+        frac = {c: (float(whole[i]) / burden if burden > 0 else 0.0) for i, c in enumerate(names)}
+        self._amounts = whole
+        self._region_amounts = {r: tot[k + 1] for k, r in enumerate(m.region_mass)}
+        # amounts per region: a biopsy's sequencing normalises them to fractions
+        regions = {r: {c: float(a[i]) for i, c in enumerate(names)} for r, a in self._region_amounts.items()}
+        return burden, frac, regions
+
+    def _resistant_fraction(self, fractions) -> float:
+        m = self.model
+        return float(sum(f for c, f in fractions.items() if m.resistant[m.clone_names.index(c)]))
+
+    def _check_local(self, t) -> str | None:
+        """This rank's first NaN or negative density, as a message; None when all are fine."""
+        m = self.model
+        arrays = [(s.name, s.solver.c.x.array) for s in m.species]
+        if m.N is not None:
+            arrays += [(name, m.N[i]) for i, name in enumerate(m.clone_names)]
+        for name, a in arrays:
+            if not np.all(np.isfinite(a)):
+                i = int(np.argmax(~np.isfinite(a)))
+                what = "not a number"
+            elif a.size and a.min() < -1e-8 * max(1.0, float(np.abs(a).max())):
+                i = int(np.argmin(a))
+                what = "negative"
+            else:
+                continue
+            x = m.V.tabulate_dof_coordinates()[i]
+            return (f"{name} is {what} ({a[i]:.3g}) at t = {t:g} h, "
+                    f"x = ({', '.join(f'{v:.1f}' for v in x[: m.domain.dim])}) µm")
+        return None
+
+    # -- what is written ------------------------------------------------------------------------
+    def _fields(self) -> list:
+        m = self.model
+        out = [s.solver.c for s in m.species] + list(m.clone_fields)
+        if m.N is not None:
+            out += [m.n_tot, m.resistant_field]
+        out += [m.region] + [s.auc for s in m.drugs] + [s.above for s in m.drugs]
+        return out
+
+    def _update_fields(self):
+        m = self.model
+        if m.N is None:
+            return
+        for i, f in enumerate(m.clone_fields):
+            f.x.array[:] = m.N[i]
+        tot = m.n_tot.x.array
+        res = m.N[m.resistant].sum(axis=0) if m.resistant.any() else np.zeros_like(tot)
+        m.resistant_field.x.array[:] = np.where(tot > 1e-12, res / np.maximum(tot, 1e-300), 0.0)
+
+    def _columns(self) -> list[str]:
+        m = self.model
+        cols = ["t", "dt", "line"]
+        if m.N is not None:
+            cols += ["burden", "resistant_fraction"]
+            cols += [f"clone_{c}" for c in m.clone_names]
+            cols += [f"clone_{c}@{r}" for r in m.region_mass for c in m.clone_names]
+        cols += [f"total_{s.name}" for s in m.species] + [f"plasma_{s.name}" for s in m.drugs]
+        if self.scenario.treatment.lines:
+            cols += ["assessment", "nadir", "progression"]
+        return cols
+
+    def _current_row(self) -> dict:
+        m, t = self.model, self.state.t
+        dt, burden, fractions, assessed = self._last
+        protocol = self.protocol
+        row = {"t": t, "dt": dt, "line": protocol.line.name if self.scenario.treatment.lines else ""}
+        if m.N is not None:
+            row["burden"] = burden
+            row["resistant_fraction"] = self._resistant_fraction(fractions)
+            for i, c in enumerate(m.clone_names):
+                row[f"clone_{c}"] = float(self._amounts[i])
+                for r, amounts in self._region_amounts.items():
+                    row[f"clone_{c}@{r}"] = float(amounts[i])
+        levels = m.plasma.levels(t)
+        for s in m.species:
+            row[f"total_{s.name}"] = self._species_totals[s.name]
+            if s.kind == "drug":
+                row[f"plasma_{s.name}"] = levels[s.name]
+        if self.scenario.treatment.lines:
+            row["assessment"] = int(assessed is not None)
+            row["nadir"] = protocol.nadir if assessed is not None else ""
+            row["progression"] = int(bool(assessed is not None and assessed.progression))
+        return row
+
+    def curve(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(t [hour], values) of a time-series column over the whole run."""
+        rows = self.series.rows
+        return np.array([r["t"] for r in rows]), np.array([r[column] for r in rows])
+
+    def _summary(self, wall, loop_counters) -> dict:
+        m, sc, st = self.model, self.scenario, self.state
+        stopped = st.stopped or ("end time" if self.signal is None
+                                 else f"signal {signal.Signals(self.signal).name}")
+        summary = {
+            "scenario": sc.name,
+            "end_time_hours": st.t,
+            "stopped": stopped,
+            "steps": st.steps,
+            "ranks": self.comm.size,
+            "dofs_per_field": m.V.dofmap.index_map.size_global,
+            "wall_time_seconds": wall,
+            "in_loop": {"matrix_assemblies": loop_counters["matrix_assemblies"],
+                        "form_compilations": loop_counters["form_compilations"]},
+            "final_totals": dict(self._species_totals),
+        }
+        if self.signal is not None:
+            summary["signal"] = int(self.signal)
+        if st.segments > 1:
+            summary["segments"] = st.segments
+        rows = self.series.rows if self.outputs else []
+        if m.N is not None and rows:
+            burdens = np.array([r["burden"] for r in rows])
+            rf = np.array([r["resistant_fraction"] for r in rows])
+            summary.update({
+                "initial_burden": float(burdens[0]),
+                "final_burden": float(burdens[-1]),
+                "max_burden": float(burdens.max()),
+                "nadir_burden": st.nadir[0],
+                "nadir_time_hours": st.nadir[1],
+                "final_resistant_fraction": float(rf[-1]),
+                "max_resistant_fraction": float(rf.max()),
+                "final_clone_amounts": {c: float(self._amounts[i]) for i, c in enumerate(m.clone_names)},
+                "final_clone_amounts_by_region": {
+                    r: {c: float(a[i]) for i, c in enumerate(m.clone_names)}
+                    for r, a in self._region_amounts.items()},
+            })
+        if sc.treatment.lines:
+            evs = self.events.events if self.outputs else self.protocol.events
+            prog = [e for e in evs if e.event == "progression"]
+            summary.update({
+                "time_to_progression_hours": prog[0].time if prog else None,
+                "progressions": len(prog),
+                "lines_used": self.protocol.index + 1,
+                "final_line": self.protocol.line.name,
+            })
+        return summary
+
+    def _plots(self):
+        m, sc = self.model, self.scenario
+        rows, evs = self.series.rows, self.events.events
+        tt = np.array([r["t"] for r in rows])
+        markers = [(e.time, e.event) for e in evs if e.event in ("switch", "progression")]
+        if m.N is not None:
+            series = {c: np.array([r[f"clone_{c}"] for r in rows]) for c in m.clone_names}
+            series["burden"] = np.array([r["burden"] for r in rows])
+            outputs.plot_series(self.out / "plots" / "burden.png", tt, series,
+                                "amount  ∫ N dx  [µm^%d]" % m.domain.dim,
+                                f"{sc.name}: tumour burden per clone", markers=markers)
+        outputs.plot_series(self.out / "plots" / "species.png", tt,
+                            {s.name: np.array([r[f"total_{s.name}"] for r in rows]) for s in m.species},
+                            "amount in tissue  ∫ c dx", f"{sc.name}: transported species", markers=markers)
+
+
+class _Snapshots:
+    """Off-screen pictures of the chosen fields at the snapshot times [hour]."""
+
+    def __init__(self, problem: Problem, times):
+        self.problem = problem
+        self.milestones = tuple(times)
+        self._times = set(self.milestones)
+
+    def due(self, state) -> bool:
+        return state.t in self._times
+
+    def write(self, state, t: float) -> None:
+        p = self.problem
+        p._update_fields()
+        fields = p._fields()
+        wanted = p.scenario.output.snapshots.fields
+        chosen = [f for f in fields if f.name in wanted] or [s.solver.c for s in p.model.species]
+        outputs.snapshot(p.out / "snapshots" / f"day_{t / 24:06.2f}.png", chosen, t, p.comm)
+
+    def close(self, state) -> None:
+        pass
+
+
+#: Scenario keys a resumed run may change (``--resume-with-changes``): they act from the next
+#: step on without invalidating the state (the end, the step bounds, what is written and when).
+RESUMABLE_CHANGES = ("time.end", "time.dt", "time.dt_min", "time.dt_initial", "output")
+
+
+def all_differences(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys at which two plain-data trees differ, in document order."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                out.append(key)
+            else:
+                out += all_differences(a[k], b[k], key)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += all_differences(x, y, f"{prefix}.{i}" if prefix else str(i))
+        return out
+    return [] if a == b else [prefix or "(the whole scenario)"]
+
+
+def first_difference(a, b) -> str | None:
+    diffs = all_differences(a, b)
+    return diffs[0] if diffs else None
+
+
+def _resumable(out: Path):
+    """(checkpoint path, its scenario YAML) of run directory ``out``, or the one-line reason it
+    cannot be resumed (rank 0)."""
+    if not out.is_dir():
+        return f"--resume {out}: no such directory"
+    found = checkpoints.complete(out)
+    if not found:
+        if not (out / "timeseries.csv").exists():
+            return f"--resume {out}: not the output directory of a tme run (no timeseries.csv)"
+        return (f"--resume {out}: no complete checkpoint in {out / 'checkpoint'} (the run stopped before "
+                f"its first one; set output.checkpoint.every or .wall); run it again with --overwrite")
+    path = found[-1]
+    try:
+        checkpoints.read_state(path)
+        text = (path / "scenario.yaml").read_text()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"--resume {out}: checkpoint {path.name} cannot be read: {exc}"
+    summary = out / "summary.json"
+    if summary.exists():
+        import json
+
+        try:
+            s = json.loads(summary.read_text())
+        except ValueError:
+            s = {}
+        if "signal" not in s and s.get("end_time_hours", -1) >= checkpoints.read_state(path).t:
+            return f"--resume {out}: the run is complete (stopped: {s.get('stopped')}); nothing to resume"
+    return str(path), text
+
+
+class _Progress:
+    """A progress bar on a terminal, periodic log lines otherwise (rank 0 only)."""
+
+    def __init__(self, end, logger, comm):
+        import sys
+
+        self.end, self.logger = end, logger
+        self.on = comm.rank == 0 and logger.isEnabledFor(20)
+        self.tty = self.on and sys.stderr.isatty()
+        self.last_log = wallclock.perf_counter()
+        self.t_start = self.last_log
+
+    def update(self, t):
+        if not self.on:
+            return
+        now = wallclock.perf_counter()
+        frac = t / self.end if self.end else 1.0
+        if self.tty:
+            import sys
+
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\r[{bar:<30}] {100 * frac:5.1f}%  t = {t / 24:7.2f} d  ({now - self.t_start:5.1f} s)")
+            sys.stderr.flush()
+        elif now - self.last_log > 10:
+            self.logger.info(f"  t = {t / 24:.2f} d ({100 * frac:.0f} %), {now - self.t_start:.0f} s")
+            self.last_log = now
+
+    def done(self):
+        if self.tty:
+            import sys
+
+            sys.stderr.write("\n")
+
+
+def run(scenario: Scenario | None, out: Path, comm=MPI.COMM_WORLD, overwrite: bool = False,
+        quiet: bool = False, resume: bool = False, with_changes: bool = False, overrides=()) -> dict:
+    """Run a scenario into ``out`` (or continue the run in ``out``: ``resume``); returns the
+    summary (also written to summary.json)."""
+    logger = log.get()
+    level = logger.level
+    if quiet:
+        logger.setLevel(30)
+    try:
+        if resume:
+            problem = Problem.resume(out, comm, scenario, with_changes, overrides)
+        else:
+            problem = Problem(scenario, comm, out, overwrite=overwrite)
+        return problem.initialise().run()
+    finally:
+        logger.setLevel(level)
