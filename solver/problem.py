@@ -65,6 +65,10 @@ class RunError(ScenarioError):
     resumed); the message is one line."""
 
 
+class RunComplete(RunError):
+    """``--resume`` of a run that has already finished: nothing to do (not a failure)."""
+
+
 # --------------------------------------------------------------------------------------------
 # The model: what is built from a scenario before the first step
 
@@ -547,6 +551,8 @@ class Problem:
         info = comm.bcast(info, root=0)
         if isinstance(info, str):
             raise RunError(info)
+        if info[0] == "complete":
+            raise RunComplete(info[1], info[2])
         path, saved_yaml = Path(info[0]), info[1]
         saved = scn.load(path / "scenario.yaml")
         new = scenario if scenario is not None else (scn.load(path / "scenario.yaml", list(overrides))
@@ -979,7 +985,8 @@ def _resumable(out: Path):
         except ValueError:
             s = {}
         if "signal" not in s and s.get("end_time_hours", -1) >= checkpoints.read_state(path).t:
-            return f"--resume {out}: the run is complete (stopped: {s.get('stopped')}); nothing to resume"
+            return ("complete", f"tme: {out}: the run is complete (stopped: {s.get('stopped')} at "
+                                f"t = {s.get('end_time_hours'):g} h); nothing to resume", s)
     return str(path), text
 
 
@@ -1027,7 +1034,11 @@ def run(scenario: Scenario | None, out: Path, comm=MPI.COMM_WORLD, overwrite: bo
         logger.setLevel(30)
     try:
         if resume:
-            problem = Problem.resume(out, comm, scenario, with_changes, overrides)
+            try:
+                problem = Problem.resume(out, comm, scenario, with_changes, overrides)
+            except RunComplete as done:
+                logger.warning(done.args[0])
+                return done.args[1]
         else:
             problem = Problem(scenario, comm, out, overwrite=overwrite)
         return problem.initialise().run()
