@@ -521,6 +521,7 @@ class Problem:
             outputs.write_json(self.out / "summary.json", summary, self.comm)
             if sc.output.plots and self.comm.rank == 0:
                 self._plots()
+            self.comm.barrier()   # every rank returns with the files complete
         if self.signal is not None:
             name = signal.Signals(self.signal).name
             where = f"checkpoint {self.checkpoint.path}" if self.outputs else "nothing written"

@@ -246,14 +246,15 @@ def test_checkpoint_on_one_rank_resumes_on_two_and_back(tmp_path, straight):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert_same_run(out, straight / "np1", rel=1e-6)
-    # 2 ranks -> 1 rank: stopped by SIGTERM (to mpirun) once a few rows are written
+    # 2 ranks -> 1 rank: stopped by SIGUSR1 to mpirun (which forwards it) once a few rows are
+    # written; the straight run it is compared with has the same end
     out = tmp_path / "two_one"
     cfg = _config(tmp_path / "s.yaml")
     p = _tme("run", cfg, "--out", out, ranks=2)
-    _wait_rows(out / "timeseries.csv", 40, p)
-    os.killpg(p.pid, signal.SIGTERM)
+    _wait_rows(out / "timeseries.csv", 20, p)
+    os.kill(p.pid, signal.SIGUSR1)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 128 + signal.SIGTERM, err
+    assert p.returncode == 128 + signal.SIGUSR1, err
     summary = Problem.resume(out, MPI.COMM_SELF).initialise().run()
     assert summary["stopped"] == "end time"
     assert_same_run(out, straight / "np1", rel=1e-6)
@@ -270,22 +271,46 @@ def _wait_rows(path: Path, n: int, proc, timeout=120.0):
     pytest.fail("no rows")
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the ranks mpirun started)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return sorted(out)
+
+
+#: (ranks, signal, whom): on 2 ranks SIGTERM to one rank only, SIGINT to both ranks (as Slurm
+#: signals every task of a step), SIGUSR1 to mpirun, which forwards it to the ranks
+SIGNAL_CASES = [(1, signal.SIGTERM, "rank"), (1, signal.SIGINT, "rank"), (1, signal.SIGUSR1, "rank"),
+                (2, signal.SIGTERM, "one rank"), (2, signal.SIGINT, "ranks"), (2, signal.SIGUSR1, "mpirun")]
+
+
 @needs_mpirun
-@pytest.mark.parametrize("ranks", [1, 2])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_cleanly_with_a_resumable_checkpoint(tmp_path, ranks, signum):
+@pytest.mark.parametrize("ranks, signum, whom", SIGNAL_CASES, ids=[f"{n}-{s.name}-{w}" for n, s, w in SIGNAL_CASES])
+def test_signal_stops_cleanly_with_a_resumable_checkpoint(tmp_path, ranks, signum, whom):
     if MPI.COMM_WORLD.size > 1:
         pytest.skip("starts its own runs")
     out = tmp_path / "out"
-    cfg = _config(tmp_path / "s.yaml", **{"time.end": "20 day", "output.checkpoint": {"wall": None}})
+    cfg = _config(tmp_path / "s.yaml", **{"time.end": "400 day", "output.checkpoint": {"wall": None}})
     p = _tme("run", cfg, "--out", out, ranks=ranks)
     _wait_rows(out / "timeseries.csv", 30, p)
-    # to every process (what a terminal's Ctrl-C or Slurm does), or to rank 0's launcher only
-    os.killpg(p.pid, signum)
+    targets = {"rank": [p.pid], "mpirun": [p.pid], "one rank": _children(p.pid)[-1:],
+               "ranks": _children(p.pid)}[whom]
+    assert targets
+    for pid in targets:
+        os.kill(pid, signum)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 128 + signum, err
     lines = [ln for ln in err.splitlines() if ln.startswith("tme")]
     assert len(lines) == 1 and "Traceback" not in err, err
+    if ranks == 1:
+        assert [ln for ln in err.splitlines() if not ln.startswith("mesh:")] == lines, err
     assert f"stopped by {signal.Signals(signum).name}" in lines[0] and f"tme run --resume {out}" in lines[0]
     rows = _rows(out / "timeseries.csv")
     summary = json.loads((out / "summary.json").read_text())
@@ -334,15 +359,15 @@ def test_sigkill_leaves_every_finished_output_readable(tmp_path, ranks):
     if MPI.COMM_WORLD.size > 1:
         pytest.skip("starts its own runs")
     # output at every step: a kill at a random moment falls in a step or in an output write
-    cfg = _config(tmp_path / "s.yaml", **{"time.end": "20 day", "output.every": "2 hour",
+    cfg = _config(tmp_path / "s.yaml", **{"time.end": "400 day", "output.every": "2 hour",
                                            "output.checkpoint": {"every": "1 day", "wall": None}})
     rng = np.random.default_rng(7)
-    for k, rows in enumerate((12, 25, 40)):
+    for k, rows in enumerate((12, 25, 45)):
         out = tmp_path / f"out{k}"
         p = _tme("run", cfg, "--out", out, ranks=ranks)
         _wait_rows(out / "timeseries.csv", rows, p)
         time.sleep(float(rng.uniform(0.0, 0.05)))
-        os.killpg(p.pid, signal.SIGKILL)
+        os.killpg(p.pid, signal.SIGKILL)   # mpirun and the ranks
         p.communicate(timeout=60)
         times = _readable_frames(out)
         assert times and times == sorted(times) and times[0] == 0.0
@@ -352,11 +377,15 @@ def test_sigkill_leaves_every_finished_output_readable(tmp_path, ranks):
         # every output time listed was reached by a whole row
         reached = {float(r[0]) for r in series[1:]}
         assert set(times) <= reached
-    # the last of them resumes from its checkpoint when it had one
-    if list((out / "checkpoint").glob("step_*[0-9]")):
-        p = _tme("run", "--resume", out, "--resume-with-changes", "--set", "time.end=2 day")
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    # the last of them resumes from its checkpoint (written at 24 h, 48 h, ...) for a day more
+    (ck,) = [c for c in (out / "checkpoint").glob("step_*") if not c.name.endswith(".partial")]
+    t = json.loads((ck / "state.json").read_text())["t"]
+    p = _tme("run", "--resume", out, "--resume-with-changes", "--set", f"time.end={t + 24} hour")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert _readable_frames(out)[-1] == t + 24
+    ts = [float(r[0]) for r in _whole_rows(out / "timeseries.csv")[1:]]
+    assert all(b > a for a, b in zip(ts, ts[1:]))   # no row twice
 
 
 def test_resume_refuses_bad_directories_and_changed_scenarios(tmp_path):
