@@ -126,6 +126,9 @@ def _dispatch(args, comm) -> int:
             scen = sc.load(args.config, args.overrides)
             summary = run(scen, args.out or Path("results") / scen.name, comm=comm, overwrite=args.overwrite)
         else:
+            if args.out is not None and args.out.resolve() != args.resume.resolve():
+                raise ScenarioError(f"--out {args.out} with --resume {args.resume}: a resumed run "
+                                    f"writes into its own directory; leave out --out")
             scen = None if args.config is None else sc.load(args.config, args.overrides)
             summary = run(scen, args.resume, comm=comm, resume=True, overrides=args.overrides,
                           with_changes=args.resume_with_changes)

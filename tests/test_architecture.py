@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "solver"
 FE = {"dolfinx", "ufl", "basix", "petsc4py", "ffcx"}
 #: modules that hold pure logic: schema, units, pharmacology, PK, protocol, clone dynamics
 PURE = ("units", "spec", "scenario", "drugs", "clones", "protocol", "pk", "pharmacology",
-        "reactions", "kernel")
+        "reactions", "kernel", "clock", "state")
 
 
 def _module(path: Path) -> str:

@@ -66,6 +66,9 @@ class FieldOutput:
                 self.frames.append("      " + ET.tostring(g, encoding="unicode").rstrip() + "\n")
                 self.times.append(float(g.find("Time").get("Value")))
             replace_text(index, _HEAD + "".join(self.frames) + _TAIL)
+            for f in self.dir.glob("frame_*.h5"):   # written after the checkpoint
+                if int(f.stem.split("_")[1]) > n:
+                    f.unlink()
 
     # -- the Output interface -----------------------------------------------------------------
     def due(self, state) -> bool:

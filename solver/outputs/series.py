@@ -71,7 +71,7 @@ class TimeSeries:
             reader = csv.DictReader(io.StringIO("".join(whole)))
             if reader.fieldnames != self.columns:
                 raise ValueError(f"{self.path}: its columns are not those of this scenario")
-            rows = [{k: _parse(v) for k, v in r.items()} for r in reader]
+            rows = [{k: v if k == "line" else _parse(v) for k, v in r.items()} for r in reader]
             if len(rows) < n:
                 raise ValueError(f"{self.path}: holds {len(rows)} rows, the checkpoint {n}")
             self.rows = rows[:n]
