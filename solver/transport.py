@@ -180,6 +180,9 @@ class SpeciesSolver:
             self.exchange += model.permeability * assemble_vector(
                 compile_form(one * v * ds_of(model.wall_facets))).array
         self.robin_coeff = np.zeros_like(self.m)
+        # the diagonal of the last nodal exchange (a vessel network's line source), kept so that
+        # the step matrix and a rebuilt preconditioner include it
+        self.line_diagonal = np.zeros_like(self.m)
         self.robin_source = np.zeros_like(self.m)
         self.robin_plasma = np.zeros_like(self.m)  # multiplies Cp: Robin boundaries that follow the plasma
         for bv, tags in robin:
@@ -283,7 +286,7 @@ class SpeciesSolver:
     def diagonal(self, dt: float, n_tot: np.ndarray | None) -> np.ndarray:
         """The lumped diagonal terms of the step matrix (owned dofs)."""
         m = self.model
-        d = self.exchange + self.robin_coeff + m.decay * self.m
+        d = self.exchange + self.robin_coeff + m.decay * self.m + self.line_diagonal
         if self.M is None:
             d = d + self.m / dt
         if m.uptake and n_tot is not None:
@@ -292,14 +295,22 @@ class SpeciesSolver:
         return d
 
     def step(self, t0: float, t1: float, n_tot: np.ndarray | None = None,
-             nodal_source: np.ndarray | None = None) -> int:
+             nodal_source: np.ndarray | None = None,
+             nodal_exchange: tuple[np.ndarray, np.ndarray] | None = None) -> int:
         """Advance c from t0 to t1 (backward Euler).
 
         n_tot: cell density at the dofs (owned first); nodal_source: a source q [µM/h] at the dofs
-        that changes from step to step (e.g. immune recruitment driven by a drug), lumped.
+        that changes from step to step (e.g. immune recruitment driven by a drug), lumped;
+        nodal_exchange: (d [µm³/h], b [µM·µm³/h]) on the owned dofs, an exchange b − d c already
+        integrated over each dof's support (a vessel network's line source): d joins the
+        diagonal, b the right-hand side.
         """
         dt = t1 - t0
         new_dt = dt != self._dt
+        if nodal_exchange is not None:
+            self.line_diagonal[:] = nodal_exchange[0][: self.m.size]
+        elif self.line_diagonal.any():
+            self.line_diagonal[:] = 0.0
         if new_dt:
             self.step_matrix(dt, n_tot)
         else:
@@ -336,6 +347,8 @@ class SpeciesSolver:
             b += cp * self.lift_plasma.array
         if nodal_source is not None:
             b += self.m * nodal_source[:n]
+        if nodal_exchange is not None:
+            b += nodal_exchange[1]
         if self.time_source_form is not None:
             b += assemble_vector(self.time_source_form).array
         b[self.bc_rows] = g_new
@@ -346,7 +359,8 @@ class SpeciesSolver:
                                f"(PETSc reason {reason}); try a smaller time.dt")
         self.c.x.scatter_forward()
         self.iterations = self.ksp.getIterationNumber()
-        self.last = {"t0": t0, "t1": t1, "plasma": cp, "c_old": c_old, "n_tot": None if n_tot is None else n_tot[:n].copy()}
+        self.last = {"t0": t0, "t1": t1, "plasma": cp, "c_old": c_old, "n_tot": None if n_tot is None else n_tot[:n].copy(),
+                     "nodal_exchange": nodal_exchange}
         return self.iterations
 
     # ----------------------------------------------------------------------------------------
@@ -381,7 +395,8 @@ class SpeciesSolver:
         self._dt = dt
 
     def balance(self) -> dict:
-        """Amounts over the last step: change, vessel inflow, uptake, decay, boundary outflow.
+        """Amounts over the last step: change, vessel inflow (continuum, walls and any nodal
+        exchange), uptake, decay, boundary outflow.
 
         change = inflow − uptake − decay − outflow + source holds to solver tolerance (lumped mass,
         no Dirichlet boundary).
@@ -396,7 +411,9 @@ class SpeciesSolver:
         uptake = m.uptake * self.m * L["n_tot"] if (m.uptake and L["n_tot"] is not None) else 0.0 * c
         parts = {
             "change": float(self.m @ (c - L["c_old"])),
-            "inflow": dt * float(self.exchange @ (L["plasma"] - c)),
+            "inflow": dt * float(self.exchange @ (L["plasma"] - c)) + (
+                dt * float(L["nodal_exchange"][1].sum() - L["nodal_exchange"][0] @ c)
+                if L.get("nodal_exchange") is not None else 0.0),
             "uptake": dt * float(np.sum(uptake * c)),
             "decay": dt * m.decay * float(self.m @ c),
             "outflow": dt * float(self.robin_coeff @ c - self.robin_source.sum()

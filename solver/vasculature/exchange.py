@@ -1,0 +1,231 @@
+"""The network as a line source in the tissue equation on P1 elements (the 3-D–1-D coupling).
+
+Per unit length a segment of radius r passes q = T (C̄ − c_h) to the tissue, C̄ its plasma level
+and c_h the discrete tissue level on its axis. A vessel thinner than the mesh cannot hold the
+tissue level at its wall: around a line source c varies like −q/(2πD) ln ρ, and the P1 value on
+the axis is the level at an equivalent radius r_eq ∝ h (Peaceman, SPE J. 18:183, 1978, for
+wells in reservoir grids: r_eq ≈ 0.2 h). Putting the wall resistance and the unresolved radial
+resistance in series (the well model),
+
+    T = 1 / [ 1/(2π r P) + ln(r_eq/r)/(2π D) ],      r_eq = α h_cell,
+
+with α calibrated on the Krogh cylinder for P1 tetrahedra and h_cell the diameter of the cell
+holding the point (``ALPHA``; ``tme verify`` reports the calibration). Without the correction
+T = 2π r P (``alpha=None``). Where the mesh resolves the vessel (r_eq < r) the log term is
+negative; it is limited so that T stays positive and at most twice the series value of the wall.
+
+Quadrature: each segment is cut into pieces no longer than ``spacing``; the piece midpoints are
+located in this rank's OWNED cells (a point on a facet between two ranks is kept by the lower
+rank), so each point is counted once over all ranks. At a point x_q with weight w_q (µm) the P1
+basis φ_i(x_q) spreads w_q T: the matrix B[i, s] = Σ_q∈s w_q T_q φ_i(x_q) [µm³/h] gives the
+diagonal B·1 and the right-hand side B·C̄ of the tissue step, so the step matrix stays
+K + diag(d). Since Σ_i φ_i = 1 the line source is exact in mass: what the tissue gains is
+Σ_s (∫T ds)_s C̄_s − (Bᵀ c_h)_s, exactly. Rows of B for ghost dofs are sent to their owners once,
+so a step needs no communication but one reduction of m numbers (the tissue level per segment).
+
+Units: µm, hour, µM; T in µm²/h, B in µm³/h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from dolfinx import fem, geometry
+from mpi4py import MPI
+
+from ..spec import ScenarioError
+from .network import Network
+
+#: r_eq / h_cell for P1 tetrahedra, h_cell the cell diameter (calibrated on the Krogh case).
+ALPHA = 0.1
+
+
+@dataclass(eq=False)
+class LineQuadrature:
+    """The quadrature points of a network held by this rank (in its owned cells).
+
+    segment (p,) the segment of each point; weight (p,) [µm] its length of vessel; radius (p,)
+    [µm]; cell_size (p,) [µm] the diameter of its cell; dofs (p, 4) local P1 dofs (owned and
+    ghost) of its cell; basis (p, 4) the P1 basis values there (they sum to 1).
+    """
+
+    V: fem.FunctionSpace
+    num_segments: int
+    segment: np.ndarray
+    weight: np.ndarray
+    radius: np.ndarray
+    cell_size: np.ndarray
+    dofs: np.ndarray
+    basis: np.ndarray
+    points: np.ndarray
+
+    @property
+    def comm(self):
+        return self.V.mesh.comm
+
+
+def _pieces(net: Network, spacing: float):
+    """Midpoints and lengths of the pieces of every segment (the same on every rank)."""
+    L = net.lengths
+    k = np.maximum(np.ceil(L / spacing).astype(np.int64), 1)
+    seg = np.repeat(np.arange(net.num_segments), k)
+    first = np.cumsum(k) - k
+    t = (np.arange(seg.size) - first[seg] + 0.5) / k[seg]
+    x0, x1 = net.nodes[net.segments[seg, 0]], net.nodes[net.segments[seg, 1]]
+    return x0 + t[:, None] * (x1 - x0), seg, (L / k)[seg]
+
+
+def locate(net: Network, V: fem.FunctionSpace, spacing: float | None = None,
+           key: str = "vasculature") -> LineQuadrature:
+    """Quadrature of ``net`` on the P1 space ``V`` of a 3-D mesh (collective).
+
+    spacing [µm]: the longest piece of a segment; default a quarter of the smallest cell.
+    A point outside the mesh is a ScenarioError naming its segment, raised on every rank.
+    """
+    msh = V.mesh
+    comm = msh.comm
+    tdim = msh.topology.dim
+    if tdim != 3 or msh.geometry.dim != 3:
+        raise ScenarioError(f"{key}: a vessel network needs a 3-D mesh (this one is {tdim}-D)")
+    owned = msh.topology.index_map(tdim).size_local
+    if spacing is None:
+        h_min = float(msh.h(tdim, np.arange(owned, dtype=np.int32)).min()) if owned else np.inf
+        spacing = comm.allreduce(h_min, op=MPI.MIN) / 4.0
+    pts, seg, w = _pieces(net, spacing)
+
+    # only points within this rank's owned box are looked for
+    x = msh.geometry.x
+    gdofs = msh.geometry.dofmap[:owned]
+    cell_x = x[gdofs]
+    found_cell = np.full(len(pts), -1, dtype=np.int64)
+    if owned:
+        box_lo, box_hi = cell_x.min(axis=(0, 1)), cell_x.max(axis=(0, 1))
+        pad = 1e-9 * max(float(np.max(box_hi - box_lo)), 1.0)
+        near = np.flatnonzero(np.all((pts >= box_lo - pad) & (pts <= box_hi + pad), axis=1))
+        tree = geometry.bb_tree(msh, tdim, np.arange(owned, dtype=np.int32), padding=pad)
+        cand = geometry.compute_collisions_points(tree, np.ascontiguousarray(pts[near]))
+        offsets, cells = cand.offsets, cand.array
+        counts = np.diff(offsets)
+        which = np.repeat(np.arange(near.size), counts)            # candidate pair -> point (in near)
+        lam = _barycentric(cell_x[cells], pts[near][which])
+        inside = lam.min(axis=1) >= -1e-10
+        # the first containing candidate of each point
+        hit = np.flatnonzero(inside)
+        pnt, first = np.unique(which[hit], return_index=True)
+        found_cell[near[pnt]] = cells[hit[first]]
+    # a point held by owned cells of two ranks (on their common facet) is kept by the lower rank
+    mine = np.where(found_cell >= 0, comm.rank, comm.size).astype(np.int32)
+    keeper = np.empty_like(mine)
+    comm.Allreduce(mine, keeper, op=MPI.MIN)
+    lost = np.flatnonzero(keeper == comm.size)
+    if lost.size:
+        s = int(seg[lost[0]])
+        a, b = net.segments[s]
+        raise ScenarioError(
+            f"{key}: segment {s} (nodes {a}-{b}, from {_xyz(net.nodes[a])} to {_xyz(net.nodes[b])} µm) "
+            f"leaves the mesh; {lost.size} of {len(pts)} quadrature points lie outside it")
+    kept = np.flatnonzero(keeper == comm.rank)
+    cells = found_cell[kept].astype(np.int32)
+    lam = _barycentric(cell_x[cells], pts[kept])
+    dofs = V.dofmap.list[cells]
+    return LineQuadrature(V=V, num_segments=net.num_segments, segment=seg[kept], weight=w[kept],
+                          radius=net.radius[seg[kept]], cell_size=msh.h(tdim, cells),
+                          dofs=np.asarray(dofs, dtype=np.int64), basis=lam, points=pts[kept])
+
+
+def _xyz(p) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in p) + ")"
+
+
+def _barycentric(vertices: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """P1 basis values (barycentric coordinates) of ``points`` (n, 3) in tetrahedra (n, 4, 3).
+
+    The k-th coordinate belongs to the cell's k-th geometry node, which for an affine mesh is
+    the vertex of the k-th P1 dof of the cell.
+    """
+    if len(points) == 0:
+        return np.zeros((0, 4))
+    x0 = vertices[:, 0, :]
+    J = np.transpose(vertices[:, 1:, :] - x0[:, None, :], (0, 2, 1))
+    xi = np.linalg.solve(J, (points - x0)[:, :, None])[:, :, 0]
+    return np.concatenate([1.0 - xi.sum(axis=1, keepdims=True), xi], axis=1)
+
+
+def well_conductance(radius, permeability: float, diffusivity, cell_size, alpha: float | None = ALPHA):
+    """Exchange conductance per unit length T [µm²/h] (module docstring); alpha None: 2π r P."""
+    r = np.asarray(radius, dtype=float)
+    wall = 1.0 / (2.0 * np.pi * r * permeability) if permeability > 0 else np.inf
+    if alpha is None:
+        return 1.0 / wall if np.isfinite(wall).all() else np.zeros_like(r)
+    log = np.log(alpha * np.asarray(cell_size, float) / r) / (2.0 * np.pi * np.asarray(diffusivity, float))
+    resistance = wall + np.maximum(log, -0.5 * wall)
+    return np.where(np.isfinite(resistance), 1.0 / resistance, 0.0)
+
+
+class LineSource:
+    """The network's exchange with one species on the P1 space of a quadrature.
+
+    permeability P [µm/h] of the vessel wall, diffusivity D [µm²/h] of the species in the
+    tissue around the vessels (a number, or one value per quadrature point); alpha: r_eq/h of
+    the well model, None for the uncorrected exchange 2π r P.
+    ``conductance`` (m,) [µm³/h] is ∫T ds per segment over the whole mesh (every rank).
+    """
+
+    def __init__(self, quad: LineQuadrature, permeability: float, diffusivity, alpha: float | None = ALPHA):
+        self.quad = quad
+        V = quad.V
+        imap = V.dofmap.index_map
+        n_owned, n_local = imap.size_local, imap.size_local + imap.num_ghosts
+        T = well_conductance(quad.radius, permeability, diffusivity, quad.cell_size, alpha)
+        vals = (quad.weight * T)[:, None] * quad.basis
+        rows = quad.dofs.ravel()
+        cols = np.repeat(quad.segment, quad.dofs.shape[1])
+        vals = vals.ravel()
+        m = quad.num_segments
+        comm = quad.comm
+        # ghost rows go to the ranks that own those dofs, once
+        ghost = rows >= n_owned
+        if comm.size > 1:
+            ghosts_global = imap.ghosts
+            owners = imap.owners
+            g = rows[ghost] - n_owned
+            dest = owners[g]
+            send = [None] * comm.size
+            for r in range(comm.size):
+                sel = dest == r
+                send[r] = (ghosts_global[g[sel]], cols[ghost][sel], vals[ghost][sel])
+            recv = comm.alltoall(send)
+            start = imap.local_range[0]
+            rows = np.concatenate([rows[~ghost]] + [rg - start for rg, _, _ in recv]).astype(np.int64)
+            cols = np.concatenate([cols[~ghost]] + [c for _, c, _ in recv])
+            vals = np.concatenate([vals[~ghost]] + [v for _, _, v in recv])
+        else:
+            assert not ghost.any() or n_local == n_owned
+        self.B = sp.csr_matrix((vals, (rows, cols)), shape=(n_owned, m))
+        self.Bt = self.B.T.tocsr()
+        local = np.asarray(self.B.sum(axis=0)).ravel()
+        self.conductance = np.empty(m)
+        comm.Allreduce(local, self.conductance, op=MPI.SUM)
+        self.n_owned = n_owned
+
+    def tissue_level(self, c: np.ndarray) -> np.ndarray:
+        """The mean tissue level along each segment, (Bᵀ c)/∫T ds [µM] (collective).
+
+        c: the species at the dofs (owned first)."""
+        local = self.Bt @ c[: self.n_owned]
+        total = np.empty_like(local)
+        self.quad.comm.Allreduce(local, total, op=MPI.SUM)
+        return np.divide(total, self.conductance, out=np.zeros_like(total), where=self.conductance > 0)
+
+    def nodal(self, plasma: np.ndarray, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(diagonal [µm³/h], right-hand side [µM·µm³/h]) on the owned dofs for the mean plasma
+        level per segment ``plasma`` [µM]; segments not ``active`` exchange nothing."""
+        on = np.ones(self.B.shape[1]) if active is None else np.asarray(active, dtype=float)
+        return self.B @ on, self.B @ (on * plasma)
+
+    def delivered(self, plasma: np.ndarray, c: np.ndarray, active: np.ndarray | None = None) -> float:
+        """What the network passes to the tissue per unit time at tissue level c [µM·µm³/h]."""
+        d, b = self.nodal(plasma, active)
+        return self.quad.comm.allreduce(float(b.sum() - d @ c[: self.n_owned]), op=MPI.SUM)
