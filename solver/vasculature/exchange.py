@@ -39,7 +39,7 @@ from ..spec import ScenarioError
 from .network import Network
 
 #: r_eq / h_cell for P1 tetrahedra, h_cell the cell diameter (calibrated on the Krogh case).
-ALPHA = 0.1
+ALPHA = 0.3
 
 
 @dataclass(eq=False)
@@ -48,7 +48,8 @@ class LineQuadrature:
 
     segment (p,) the segment of each point; weight (p,) [µm] its length of vessel; radius (p,)
     [µm]; cell_size (p,) [µm] the diameter of its cell; dofs (p, 4) local P1 dofs (owned and
-    ghost) of its cell; basis (p, 4) the P1 basis values there (they sum to 1).
+    ghost) of its cell; basis (p, 4) the P1 basis values there (they sum to 1); points (p, 3)
+    [µm]; cells (p,) its local cell.
     """
 
     V: fem.FunctionSpace
@@ -60,6 +61,7 @@ class LineQuadrature:
     dofs: np.ndarray
     basis: np.ndarray
     points: np.ndarray
+    cells: np.ndarray
 
     @property
     def comm(self):
@@ -132,7 +134,8 @@ def locate(net: Network, V: fem.FunctionSpace, spacing: float | None = None,
     dofs = V.dofmap.list[cells]
     return LineQuadrature(V=V, num_segments=net.num_segments, segment=seg[kept], weight=w[kept],
                           radius=net.radius[seg[kept]], cell_size=msh.h(tdim, cells),
-                          dofs=np.asarray(dofs, dtype=np.int64), basis=lam, points=pts[kept])
+                          dofs=np.asarray(dofs, dtype=np.int64), basis=lam, points=pts[kept],
+                          cells=cells)
 
 
 def _xyz(p) -> str:
