@@ -37,10 +37,13 @@ class Result:
     threshold: str = ""
     passed: bool = False
     note: str = ""
+    convergence: bool = True  # False: the sizes are a range of meshes, not a refinement study
 
     @property
     def orders(self) -> list[float]:
         out = []
+        if not self.convergence:
+            return out
         for (h0, e0), (h1, e1) in zip(zip(self.sizes, self.errors), zip(self.sizes[1:], self.errors[1:])):
             if h0 == h1:  # not a refinement (several quantities on one mesh)
                 continue
@@ -466,6 +469,75 @@ def partition_independence(comm) -> Result:
     return res
 
 
+def vessel_flow(comm) -> Result:
+    """Blood flow on a bifurcation with a loop vs its series/parallel closed form."""
+    from .vasculature import verification as vv
+
+    e = vv.flow_errors()
+    res = Result("vessel flow: bifurcation + loop (pressure-, flow-driven)", measure="max rel error",
+                 errors=[e["pressure"], e["flow"], e["flow_driven"], e["junctions"]], threshold="< 1e-10",
+                 note="errors: pressures, flows, flows when driven by the inflow, junction imbalance")
+    res.passed = max(res.errors) < 1e-10
+    return res
+
+
+def vessel_transit(comm) -> Result:
+    """Plasma level along one segment vs C_out = c + (C_in − c) exp(−2πrPL/Q); a chain of 16
+    pieces; flow-weighted mixing at a confluence."""
+    from .vasculature import verification as vv
+
+    e = vv.transit_errors()
+    res = Result("vessel transit: exponential extraction, chain, mixing", measure="rel error",
+                 errors=[e["outlet"], e["mean"], e["chain"], e["chain_mass"], e["confluence"]],
+                 threshold="< 1e-12",
+                 note="errors: outlet level, mean level, 16-piece chain, chain mass, confluence")
+    res.passed = max(res.errors) < 1e-12
+    return res
+
+
+_LINE = {}
+
+
+def _krogh_line(comm):
+    from .vasculature import verification as vv
+
+    if id(comm) not in _LINE:  # both rows come from the same meshes and solves
+        _LINE[id(comm)] = vv.krogh_line(comm)
+    return _LINE[id(comm)]
+
+
+def line_source(comm, corrected: bool = True) -> Result:
+    """One vessel (r_v 5 µm) on the axis of a 3-D tissue cylinder, as a line source on P1
+    tetrahedra of h = 2…10 r_v, vs the Krogh profile with a Robin wall (Bessel I0/K0)."""
+    from .vasculature.exchange import ALPHA
+
+    r = _krogh_line(comm)
+    o = r[ALPHA if corrected else None]
+    if corrected:
+        res = Result(f"Krogh line source, well model (r_eq = {ALPHA:g} h)", sizes=o["h"], errors=o["l2"],
+                     measure="rel L2 at >= 2h", threshold="< 2 %, total < 2 %", convergence=False)
+        res.passed = max(o["l2"]) < 0.02 and max(o["total"]) < 0.02
+    else:
+        well = r[ALPHA]
+        res = Result("Krogh line source, no well correction", sizes=o["h"], errors=o["l2"],
+                     measure="rel L2 at >= 2h", threshold="worse than the well model", convergence=False)
+        res.passed = o["total"][-1] > 5 * well["total"][-1]
+    res.note = ("total exchange rel error: " + ", ".join(f"{e:.2e}" for e in o["total"])
+                + "; fitted r_eq/h_cell: " + ", ".join(f"{a:.3f}" for a in o["alpha_fit"]))
+    return res
+
+
+def network_mass_balance(comm) -> Result:
+    """Per step with a generated network: delivery − uptake − decay = change of tissue drug."""
+    from .vasculature import verification as vv
+
+    r = vv.network_mass_balance(comm)
+    res = Result("mass balance per step with a vessel network", errors=[r["mismatch"]], measure="rel mismatch",
+                 threshold="< 1e-8")
+    res.passed = r["mismatch"] < 1e-8
+    return res
+
+
 CASES = {
     "slab": slab,
     "krogh_dirichlet": lambda comm: krogh(comm, "dirichlet"),
@@ -478,6 +550,11 @@ CASES = {
     "mass_balance": mass_balance,
     "ecm_hindrance": ecm_hindrance,
     "partition": partition_independence,
+    "vessel_flow": vessel_flow,
+    "vessel_transit": vessel_transit,
+    "line_source_well": line_source,
+    "line_source_plain": lambda comm: line_source(comm, corrected=False),
+    "network_mass_balance": network_mass_balance,
 }
 
 
