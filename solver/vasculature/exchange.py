@@ -97,25 +97,25 @@ def locate(net: Network, V: fem.FunctionSpace, spacing: float | None = None,
         spacing = comm.allreduce(h_min, op=MPI.MIN) / 4.0
     pts, seg, w = _pieces(net, spacing)
 
-    # only points within this rank's owned box are looked for
+    found_cell = np.full(len(pts), -1, dtype=np.int64)
     x = msh.geometry.x
     gdofs = msh.geometry.dofmap[:owned]
-    cell_x = x[gdofs]
-    found_cell = np.full(len(pts), -1, dtype=np.int64)
-    if owned:
-        box_lo, box_hi = cell_x.min(axis=(0, 1)), cell_x.max(axis=(0, 1))
-        pad = 1e-9 * max(float(np.max(box_hi - box_lo)), 1.0)
-        near = np.flatnonzero(np.all((pts >= box_lo - pad) & (pts <= box_hi + pad), axis=1))
-        tree = geometry.bb_tree(msh, tdim, np.arange(owned, dtype=np.int32), padding=pad)
+    near_cells = _cells_near(x, gdofs, pts)
+    if near_cells.size:
+        # a bounding-box tree of the cells near the network only: building one over all cells
+        # of a 10⁶-dof mesh would cost more than everything else here
+        pad = 1e-9 * float(np.ptp(pts, axis=0).max() + 1.0)
+        tree = geometry.bb_tree(msh, tdim, near_cells.astype(np.int32), padding=pad)
+        corners = x[gdofs[near_cells]]
+        box_lo, box_hi = corners.min(axis=(0, 1)) - pad, corners.max(axis=(0, 1)) + pad
+        near = np.flatnonzero(np.all((pts >= box_lo) & (pts <= box_hi), axis=1))
         cand = geometry.compute_collisions_points(tree, np.ascontiguousarray(pts[near]))
-        offsets, cells = cand.offsets, cand.array
-        counts = np.diff(offsets)
+        counts = np.diff(cand.offsets)
+        cells = cand.array
         which = np.repeat(np.arange(near.size), counts)            # candidate pair -> point (in near)
-        lam = _barycentric(cell_x[cells], pts[near][which])
-        inside = lam.min(axis=1) >= -1e-10
-        # the first containing candidate of each point
-        hit = np.flatnonzero(inside)
-        pnt, first = np.unique(which[hit], return_index=True)
+        lam = _barycentric(x[gdofs[cells]], pts[near][which])
+        hit = np.flatnonzero(lam.min(axis=1) >= -1e-10)
+        pnt, first = np.unique(which[hit], return_index=True)      # the first containing candidate
         found_cell[near[pnt]] = cells[hit[first]]
     # a point held by owned cells of two ranks (on their common facet) is kept by the lower rank
     mine = np.where(found_cell >= 0, comm.rank, comm.size).astype(np.int32)
@@ -130,7 +130,7 @@ def locate(net: Network, V: fem.FunctionSpace, spacing: float | None = None,
             f"leaves the mesh; {lost.size} of {len(pts)} quadrature points lie outside it")
     kept = np.flatnonzero(keeper == comm.rank)
     cells = found_cell[kept].astype(np.int32)
-    lam = _barycentric(cell_x[cells], pts[kept])
+    lam = _barycentric(x[gdofs[cells]], pts[kept])
     dofs = V.dofmap.list[cells]
     return LineQuadrature(V=V, num_segments=net.num_segments, segment=seg[kept], weight=w[kept],
                           radius=net.radius[seg[kept]], cell_size=msh.h(tdim, cells),
@@ -146,14 +146,49 @@ def _barycentric(vertices: np.ndarray, points: np.ndarray) -> np.ndarray:
     """P1 basis values (barycentric coordinates) of ``points`` (n, 3) in tetrahedra (n, 4, 3).
 
     The k-th coordinate belongs to the cell's k-th geometry node, which for an affine mesh is
-    the vertex of the k-th P1 dof of the cell.
+    the vertex of the k-th P1 dof of the cell. Cramer's rule with triple products: no batched
+    matrix solve.
     """
     if len(points) == 0:
         return np.zeros((0, 4))
-    x0 = vertices[:, 0, :]
-    J = np.transpose(vertices[:, 1:, :] - x0[:, None, :], (0, 2, 1))
-    xi = np.linalg.solve(J, (points - x0)[:, :, None])[:, :, 0]
-    return np.concatenate([1.0 - xi.sum(axis=1, keepdims=True), xi], axis=1)
+    e1, e2, e3 = (vertices[:, k] - vertices[:, 0] for k in (1, 2, 3))
+    d = points - vertices[:, 0]
+    c23 = np.cross(e2, e3)
+    det = np.einsum("ij,ij->i", e1, c23)
+    l1 = np.einsum("ij,ij->i", d, c23) / det
+    l2 = np.einsum("ij,ij->i", e1, np.cross(d, e3)) / det
+    l3 = np.einsum("ij,ij->i", e1, np.cross(e2, d)) / det
+    return np.stack([1.0 - l1 - l2 - l3, l1, l2, l3], axis=1)
+
+
+def _cells_near(x: np.ndarray, gdofs: np.ndarray, pts: np.ndarray, chunk: int = 1 << 19) -> np.ndarray:
+    """Owned cells whose bounding box may hold one of ``pts``: a voxel grid marks the voxels of
+    the points, voxels at least as large as any cell, so a cell's box meets at most 2 per axis."""
+    if len(gdofs) == 0 or len(pts) == 0:
+        return np.empty(0, np.int64)
+    ext = 0.0
+    for i in range(0, len(gdofs), chunk):  # in chunks: (cells, 4, 3) at once would be large
+        c = x[gdofs[i:i + chunk]]
+        ext = max(ext, float((c.max(axis=1) - c.min(axis=1)).max()))
+    size = ext * (1 + 1e-9) + 1e-12
+    origin = pts.min(axis=0) - size
+    shape = np.floor((pts.max(axis=0) + size - origin) / size).astype(np.int64) + 1
+    marked = np.zeros(int(np.prod(shape)), bool)
+    vox = np.floor((pts - origin) / size).astype(np.int64)
+    marked[np.ravel_multi_index(vox.T, shape)] = True
+    out = []
+    for i in range(0, len(gdofs), chunk):
+        c = x[gdofs[i:i + chunk]]
+        lo = np.floor((c.min(axis=1) - origin) / size).astype(np.int64)
+        hi = np.floor((c.max(axis=1) - origin) / size).astype(np.int64)
+        inside = np.all((hi >= 0) & (lo < shape), axis=1)
+        lo, hi = np.clip(lo, 0, shape - 1), np.clip(hi, 0, shape - 1)
+        hit = np.zeros(len(c), bool)
+        for corner in range(8):
+            v = np.where([(corner >> k) & 1 for k in range(3)], hi, lo)
+            hit |= marked[np.ravel_multi_index(v.T, shape)]
+        out.append(i + np.flatnonzero(hit & inside))
+    return np.concatenate(out)
 
 
 def well_conductance(radius, permeability: float, diffusivity, cell_size, alpha: float | None = ALPHA):
