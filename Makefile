@@ -29,6 +29,8 @@ bench: env
 	$(ENV) mpirun -n 2 python3 bench/transport.py
 	$(ENV) python3 bench/coupled.py
 	$(ENV) mpirun -n 2 python3 bench/coupled.py --skip-kernel
+	$(ENV) python3 bench/vasculature.py
+	$(ENV) mpirun -n 2 python3 bench/vasculature.py
 
 clean:
 	rm -rf results/default .pytest_cache

@@ -17,7 +17,8 @@ PKG = Path(__file__).resolve().parents[1] / "solver"
 FE = {"dolfinx", "ufl", "basix", "petsc4py", "ffcx"}
 #: modules that hold pure logic: schema, units, pharmacology, PK, protocol, clone dynamics
 PURE = ("units", "spec", "scenario", "drugs", "clones", "protocol", "pk", "pharmacology",
-        "reactions", "kernel", "clock", "state")
+        "reactions", "kernel", "clock", "state", "vasculature", "vasculature.network",
+        "vasculature.files", "vasculature.generator", "vasculature.flow", "vasculature.transit")
 
 
 def _module(path: Path) -> str:

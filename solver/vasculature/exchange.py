@@ -100,14 +100,14 @@ def locate(net: Network, V: fem.FunctionSpace, spacing: float | None = None,
     found_cell = np.full(len(pts), -1, dtype=np.int64)
     x = msh.geometry.x
     gdofs = msh.geometry.dofmap[:owned]
-    near_cells = _cells_near(x, gdofs, pts)
+    near_cells = _cells_near(msh, gdofs, pts, spacing)
     if near_cells.size:
         # a bounding-box tree of the cells near the network only: building one over all cells
         # of a 10⁶-dof mesh would cost more than everything else here
         pad = 1e-9 * float(np.ptp(pts, axis=0).max() + 1.0)
         tree = geometry.bb_tree(msh, tdim, near_cells.astype(np.int32), padding=pad)
-        corners = x[gdofs[near_cells]]
-        box_lo, box_hi = corners.min(axis=(0, 1)) - pad, corners.max(axis=(0, 1)) + pad
+        corners = x[np.unique(gdofs[near_cells])]
+        box_lo, box_hi = corners.min(axis=0) - pad, corners.max(axis=0) + pad
         near = np.flatnonzero(np.all((pts >= box_lo) & (pts <= box_hi), axis=1))
         cand = geometry.compute_collisions_points(tree, np.ascontiguousarray(pts[near]))
         counts = np.diff(cand.offsets)
@@ -161,33 +161,45 @@ def _barycentric(vertices: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.stack([1.0 - l1 - l2 - l3, l1, l2, l3], axis=1)
 
 
-def _cells_near(x: np.ndarray, gdofs: np.ndarray, pts: np.ndarray, chunk: int = 1 << 19) -> np.ndarray:
-    """Owned cells whose bounding box may hold one of ``pts``: a voxel grid marks the voxels of
-    the points, voxels at least as large as any cell, so a cell's box meets at most 2 per axis."""
+def _cells_near(msh, gdofs: np.ndarray, pts: np.ndarray, voxel: float, chunk: int = 1 << 20) -> np.ndarray:
+    """Owned cells whose bounding box meets a voxel holding one of ``pts``.
+
+    The voxels of the points are counted in a 3-D prefix sum, so the number of marked voxels in
+    any cell's box is 8 look-ups (inclusion–exclusion), whatever the box's size. With voxels as
+    small as the quadrature spacing the cells kept are those along the vessels, a fraction of
+    the mesh (the point-location tree is then built on them only).
+    """
     if len(gdofs) == 0 or len(pts) == 0:
         return np.empty(0, np.int64)
-    ext = 0.0
-    for i in range(0, len(gdofs), chunk):  # in chunks: (cells, 4, 3) at once would be large
-        c = x[gdofs[i:i + chunk]]
-        ext = max(ext, float((c.max(axis=1) - c.min(axis=1)).max()))
-    size = ext * (1 + 1e-9) + 1e-12
-    origin = pts.min(axis=0) - size
-    shape = np.floor((pts.max(axis=0) + size - origin) / size).astype(np.int64) + 1
-    marked = np.zeros(int(np.prod(shape)), bool)
+    x = msh.geometry.x
+    origin = pts.min(axis=0)
+    span = float(np.ptp(pts, axis=0).max())
+    size = max(voxel, span / 255.0, 1e-9)  # at most 256³ voxels
+    shape = np.floor((pts.max(axis=0) - origin) / size).astype(np.int64) + 1
+    marked = np.zeros(tuple(shape), np.int32)
     vox = np.floor((pts - origin) / size).astype(np.int64)
-    marked[np.ravel_multi_index(vox.T, shape)] = True
+    marked[vox[:, 0], vox[:, 1], vox[:, 2]] = 1
+    S = np.zeros(tuple(shape + 1), np.int32)
+    S[1:, 1:, 1:] = marked.cumsum(0).cumsum(1).cumsum(2)
+    # the voxel of every vertex once, in small integers (−1 and shape mean outside), so that
+    # the per-cell work is integer gathers and element-wise min/max over the 4 vertices
+    vx = np.clip(np.floor((x - origin) / size), -1, shape).astype(np.int16)
     out = []
-    for i in range(0, len(gdofs), chunk):
-        c = x[gdofs[i:i + chunk]]
-        lo = np.floor((c.min(axis=1) - origin) / size).astype(np.int64)
-        hi = np.floor((c.max(axis=1) - origin) / size).astype(np.int64)
+    for i in range(0, len(gdofs), chunk):  # in chunks: bounded memory
+        g = gdofs[i:i + chunk]
+        v = [vx[g[:, k]] for k in range(4)]
+        lo = np.minimum(np.minimum(v[0], v[1]), np.minimum(v[2], v[3])).astype(np.int64)
+        hi = np.maximum(np.maximum(v[0], v[1]), np.maximum(v[2], v[3])).astype(np.int64)
         inside = np.all((hi >= 0) & (lo < shape), axis=1)
-        lo, hi = np.clip(lo, 0, shape - 1), np.clip(hi, 0, shape - 1)
-        hit = np.zeros(len(c), bool)
+        lo = np.clip(lo, 0, shape - 1)
+        hi = np.clip(hi, 0, shape - 1) + 1
+        count = np.zeros(len(g), np.int64)
         for corner in range(8):
-            v = np.where([(corner >> k) & 1 for k in range(3)], hi, lo)
-            hit |= marked[np.ravel_multi_index(v.T, shape)]
-        out.append(i + np.flatnonzero(hit & inside))
+            bits = [(corner >> k) & 1 for k in range(3)]
+            c = [(hi if b else lo)[:, k] for k, b in enumerate(bits)]
+            sign = -1 if (3 - sum(bits)) % 2 else 1
+            count += sign * S[c[0], c[1], c[2]]
+        out.append(i + np.flatnonzero((count > 0) & inside))
     return np.concatenate(out)
 
 
