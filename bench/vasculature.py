@@ -4,7 +4,7 @@
     scripts/env-exec mpirun -n 2 python3 bench/vasculature.py     # 2 ranks
 
 1. Set-up (targets: <= 10 s on 1 rank, and it parallelises): generation of a network in a
-   1.8 mm cube with a rarefied tumour (rank 0, broadcast), the flow solve, the quadrature (point
+   1.9 mm cube with a rarefied tumour (rank 0, broadcast), the flow solve, the quadrature (point
    location in the owned cells) and the dof distribution of the line source for each species,
    and the transit factorisation; the mesh itself (99³ cells, 10⁶ dofs) is not counted.
 2. Cost per step (target <= 5 % of a coupled step): per species, the tissue level per segment
@@ -100,7 +100,7 @@ def run(comm, n: int, size: float, steps: int) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=99, help="cells per edge of the box (99 -> 10⁶ dofs)")
-    p.add_argument("--size", type=float, default=1800.0, help="edge of the block [µm]")
+    p.add_argument("--size", type=float, default=1900.0, help="edge of the block [µm]")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("results/bench"))
     args = p.parse_args()
