@@ -295,3 +295,128 @@ def test_mass_balance_per_step_with_a_network(comm):
     r = verification.network_mass_balance(comm)
     assert r["mismatch"] < 1e-8
     assert min(r["delivered"]) > 0 and 0.5 < r["perfused_fraction"] <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# the scenario section, the network of a run and its output
+
+
+def test_vasculature_section_units_and_one_source():
+    from pydantic import ValidationError
+
+    from solver.vasculature.spec import VasculatureSpec
+
+    v = VasculatureSpec.model_validate({"generate": {"spacing": "0.1 mm", "inlet_pressure": "5.333 kPa",
+                                                     "tumour": "r < 300"},
+                                        "blood": {"plasma_viscosity": "1.2 mPa*s"},
+                                        "immune_recruitment": "2 um^2/hour"})
+    assert v.generate.spacing == pytest.approx(100.0)
+    assert v.generate.inlet_pressure == pytest.approx(40.0, rel=1e-3)  # mmHg
+    assert v.blood.plasma_viscosity == pytest.approx(flow.PLASMA_VISCOSITY)
+    with pytest.raises(ValidationError, match="exactly one of 'file' and 'generate'"):
+        VasculatureSpec.model_validate({})
+    with pytest.raises(ValidationError, match="dimension"):
+        VasculatureSpec.model_validate({"generate": {"inlet_pressure": "40 um"}})
+    with pytest.raises(ValidationError, match="exactly one of pressure and flow"):
+        VasculatureSpec.model_validate({"file": {"path": "x.vtp", "boundary": [{"where": "x < 1"}]}})
+
+
+@pytest.mark.mpi
+def test_network_of_a_run_generated_for_the_mesh_and_coupled(comm, tmp_path_factory):
+    from dolfinx import fem
+
+    from solver.scenario import RegionRule
+    from solver.vasculature.coupling import VascularCoupling, build
+    from solver.vasculature.spec import VasculatureSpec
+
+    dom = _box(comm, n=10, size=400.0)
+    spec = VasculatureSpec.model_validate({"generate": {"seed": 4, "spacing": "80 um", "feeder_spacing": "150 um",
+                                                        "tumour": "core"}})
+    rules = [RegionRule(name="core", where="x > 250")]
+    net = build(spec, dom.mesh, rules)
+    assert net.nodes.min() >= 0.0 and net.nodes.max() <= 400.0 and net.tumour.any()
+    assert len(set(comm.allgather(net.fingerprint()))) == 1
+    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+    vc = VascularCoupling(net, spec, V)
+    vc.add("drug", 3600.0, 57600.0, lambda t0, t1: 2.0)
+    c = np.zeros(V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts)
+    d, b = vc.exchange("drug", c, 0.0, 1.0)
+    s = vc.species["drug"]
+    # into empty tissue the tissue gains exactly what the plasma loses along the network
+    from mpi4py import MPI
+
+    gained = comm.allreduce(float(b.sum() - d @ c[: d.size]), op=MPI.SUM)
+    lost = float(s.transit.delivered(s.levels).sum())
+    assert gained == pytest.approx(lost, rel=1e-10)
+    assert comm.allreduce(float(vc.line_density().sum()), op=MPI.SUM) == pytest.approx(vc.perfused_length())
+    data = vc.segment_data()
+    assert set(data) >= {"radius", "flow", "perfused", "plasma_drug"}
+    if comm.rank == 0:
+        from solver.vasculature.files import NetworkSeries
+
+        out = tmp_path_factory.mktemp("series")
+        series = NetworkSeries(out, net)
+        series.write(0.0, vc.flow.pressure, data)
+        series.write(2.5, vc.flow.pressure, data)
+        assert (out / "network.pvd").read_text().count("<DataSet") == 2
+        back = files.read(out / "network_0001.vtp")
+        assert back.num_segments == net.num_segments
+
+
+def test_file_network_end_conditions_and_outside_nodes(tmp_path, comm):
+    from solver.vasculature.coupling import build, check_inside
+    from solver.vasculature.spec import VasculatureSpec
+
+    (tmp_path / "n.yaml").write_text("nodes: [[10, 50, 50], [100, 50, 50], [190, 50, 50], [100, 150, 50]]\n"
+                                     "segments: [[0, 1, 5], [1, 2, 5], [1, 3, 4]]\n")
+    spec = VasculatureSpec.model_validate({"file": {"path": str(tmp_path / "n.yaml"), "boundary": [
+        {"where": "x < 50", "pressure": "40 mmHg"}, {"where": "x > 150", "pressure": "10 mmHg"}]}})
+    dom = _box(comm, n=4)
+    net = build(spec, dom.mesh)
+    assert net.pressure[0] == 40.0 and net.pressure[2] == 10.0 and np.isnan(net.pressure[3])
+    check_inside(net, dom.mesh)
+    far = Network(net.nodes + [0, 0, 500.0], net.segments, net.radius)
+    with pytest.raises(ScenarioError, match="node 0 at .* lies outside the mesh"):
+        check_inside(far, dom.mesh)
+
+
+@pytest.mark.slow
+def test_network_series_opens_in_paraview(tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    from solver.vasculature.files import NetworkSeries
+
+    pvbatch = shutil.which("pvbatch")
+    if pvbatch is None:
+        pytest.skip("ParaView's pvbatch is not installed")
+    net = generate(GeneratorParams(lower=(0, 0, 0), upper=(400.0, 300.0, 200.0), seed=1, spacing=80.0,
+                                   feeder_spacing=150.0))
+    f = flow.solve(net)
+    series = NetworkSeries(tmp_path, net)
+    for t in (0.0, 24.0):
+        series.write(t, f.pressure, {"radius": net.radius, "flow": f.flow / NL_PER_MIN,
+                                     "perfused": f.perfused.astype(np.uint8),
+                                     "plasma_doxorubicin": np.full(net.num_segments, t)})
+    script = tmp_path / "read.py"
+    script.write_text(
+        "import json, sys\n"
+        "from paraview.simple import OpenDataFile\n"
+        "r = OpenDataFile(sys.argv[1])\n"
+        "r.UpdatePipelineInformation()\n"
+        "times = list(r.TimestepValues)\n"
+        "r.UpdatePipeline(times[-1])\n"
+        "d = r.GetDataInformation()\n"
+        "pd, cd = r.PointData, r.CellData\n"
+        "print(json.dumps({'times': times, 'cells': d.GetNumberOfCells(),\n"
+        "  'point': [pd.GetArray(i).GetName() for i in range(pd.GetNumberOfArrays())],\n"
+        "  'cell': [cd.GetArray(i).GetName() for i in range(cd.GetNumberOfArrays())],\n"
+        "  'plasma': cd.GetArray('plasma_doxorubicin').GetRange()}))\n")
+    p = subprocess.run([pvbatch, str(script), str(tmp_path / "network.pvd")], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    assert info["times"] == [0.0, 24.0] and info["cells"] == net.num_segments
+    assert {"radius", "flow", "perfused", "plasma_doxorubicin"} <= set(info["cell"])
+    assert "pressure" in info["point"] and info["plasma"] == [24.0, 24.0]

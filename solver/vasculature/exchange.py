@@ -106,8 +106,7 @@ def locate(net: Network, V: fem.FunctionSpace, spacing: float | None = None,
         # of a 10⁶-dof mesh would cost more than everything else here
         pad = 1e-9 * float(np.ptp(pts, axis=0).max() + 1.0)
         tree = geometry.bb_tree(msh, tdim, near_cells.astype(np.int32), padding=pad)
-        corners = x[np.unique(gdofs[near_cells])]
-        box_lo, box_hi = corners.min(axis=0) - pad, corners.max(axis=0) + pad
+        box_lo, box_hi = x.min(axis=0) - pad, x.max(axis=0) + pad  # this rank's part of the mesh
         near = np.flatnonzero(np.all((pts >= box_lo) & (pts <= box_hi), axis=1))
         cand = geometry.compute_collisions_points(tree, np.ascontiguousarray(pts[near]))
         counts = np.diff(cand.offsets)
