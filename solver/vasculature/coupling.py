@@ -31,7 +31,10 @@ def _bounds(msh) -> tuple[np.ndarray, np.ndarray]:
     x = msh.geometry.x
     lo = np.full(3, np.inf) if len(x) == 0 else x.min(axis=0)
     hi = np.full(3, -np.inf) if len(x) == 0 else x.max(axis=0)
-    return msh.comm.allreduce(lo, op=MPI.MIN), msh.comm.allreduce(hi, op=MPI.MAX)
+    glo, ghi = np.empty(3), np.empty(3)
+    msh.comm.Allreduce(np.ascontiguousarray(lo, dtype=float), glo, op=MPI.MIN)  # element-wise
+    msh.comm.Allreduce(np.ascontiguousarray(hi, dtype=float), ghi, op=MPI.MAX)
+    return glo, ghi
 
 
 def build(spec: VasculatureSpec, msh, region_rules=()) -> Network:
