@@ -18,7 +18,8 @@ FE = {"dolfinx", "ufl", "basix", "petsc4py", "ffcx"}
 #: modules that hold pure logic: schema, units, pharmacology, PK, protocol, clone dynamics
 PURE = ("units", "spec", "scenario", "drugs", "clones", "protocol", "pk", "pharmacology",
         "reactions", "kernel", "clock", "state", "vasculature", "vasculature.network",
-        "vasculature.files", "vasculature.generator", "vasculature.flow", "vasculature.transit")
+        "vasculature.files", "vasculature.generator", "vasculature.flow", "vasculature.transit",
+        "vasculature.spec")
 
 
 def _module(path: Path) -> str:
