@@ -277,26 +277,31 @@ def write_table(path: str | Path, net: Network, note: str = "") -> Path:
 
 
 class NetworkSeries:
-    """The network at every output time: ``<stem>_NNNN.vtp`` files and a ``<stem>.pvd``
-    collection that ParaView opens as one time series beside the tissue fields.
+    """The network at every output time: ``<stem>_NNNN.vtp`` files in ``directory`` and a
+    collection ``index`` (default ``directory/<stem>.pvd``) that ParaView opens as one time
+    series beside the tissue fields.
 
     Each file holds the point array ``pressure`` [mmHg] and the given cell arrays (radius [µm],
-    flow [nl/min], perfused, plasma levels [µM], ...). Write from one rank only.
+    flow [nl/min], perfused, plasma levels [µM], ...). A frame is complete before the collection
+    (replaced atomically) lists it. Write from one rank only.
     """
 
-    def __init__(self, directory: str | Path, net: Network, stem: str = "network"):
+    def __init__(self, directory: str | Path, net: Network, stem: str = "network", index: str | Path | None = None):
         self.dir, self.net, self.stem = Path(directory), net, stem
+        self.index = Path(index) if index is not None else self.dir / f"{stem}.pvd"
         self.entries: list[tuple[float, str]] = []
 
     def write(self, t: float, pressure: np.ndarray, cell_data: dict) -> Path:
-        """Add the state at time t [h] (the .pvd time is in hours)."""
-        name = f"{self.stem}_{len(self.entries):04d}.vtp"
-        write_vtp(self.dir / name, self.net, cell_data=cell_data, point_data={"pressure": pressure})
-        self.entries.append((t, name))
+        """Add the state at time t [h] (the collection's time is in hours)."""
+        import os
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{self.stem}_{len(self.entries):04d}.vtp"
+        write_vtp(path, self.net, cell_data=cell_data, point_data={"pressure": pressure})
+        self.entries.append((t, os.path.relpath(path, self.index.parent)))
         rows = "\n".join(f'<DataSet timestep="{tt!r}" group="" part="0" file="{n}"/>' for tt, n in self.entries)
-        pvd = self.dir / f"{self.stem}.pvd"
-        tmp = pvd.with_name(pvd.name + ".tmp")
+        tmp = self.index.with_name(self.index.name + ".tmp")
         tmp.write_text('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n<Collection>\n'
                        f"{rows}\n</Collection>\n</VTKFile>\n")
-        tmp.replace(pvd)
-        return pvd
+        tmp.replace(self.index)
+        return self.index
