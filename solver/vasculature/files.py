@@ -221,11 +221,12 @@ def _read_csv(path: Path, where: str):
 
 # --------------------------------------------------------------------------------------------
 def write_vtp(path: str | Path, net: Network, cell_data: dict | None = None,
-              point_data: dict | None = None) -> Path:
+              point_data: dict | None = None, comment: str = "") -> Path:
     """The network as VTK XML PolyData (one line cell per segment; µm).
 
     Always written: cell array ``radius`` [µm], point arrays ``boundary_pressure`` [mmHg] and
     ``boundary_flow`` [nl/min] (NaN where none), so :func:`read` gets the same network back.
+    ``comment``: a line written into the file as an XML comment (where the network comes from).
     """
     path = Path(path)
     cells = {"radius": net.radius, **(cell_data or {})}
@@ -243,7 +244,7 @@ def write_vtp(path: str | Path, net: Network, cell_data: dict | None = None,
                 f"{text}</DataArray>")
 
     n, m = net.num_nodes, net.num_segments
-    parts = ['<?xml version="1.0"?>',
+    parts = ['<?xml version="1.0"?>'] + ([f"<!-- {comment.replace('--', '-')} -->"] if comment else []) + [
              '<VTKFile type="PolyData" version="1.0" byte_order="LittleEndian" header_type="UInt64">',
              "<PolyData>", f'<Piece NumberOfPoints="{n}" NumberOfVerts="0" NumberOfLines="{m}" '
              'NumberOfStrips="0" NumberOfPolys="0">',
