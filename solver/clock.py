@@ -13,8 +13,14 @@ happened there.
   ``dt_first``; every other step may be ``growth`` (×1.5) times longer than the one just taken,
   bounded by ``dt_min`` below and ``dt_max`` above: short while plasma levels change fast, long
   in drug-free intervals.
+- **Error control** (:class:`Controller`): the problem measures the local error of a step,
+  reduces it to one number with :func:`error_norm` (1 = exactly the requested tolerance), and
+  asks :meth:`Controller.decide` whether to keep the step and how long the next may be; a
+  rejected step is redone from the state saved before it, with the shorter step the decision
+  gives. :meth:`Controller.land` ends a step exactly on the next milestone without leaving a
+  sliver before it.
 
-Units: hours of simulated time.
+Units: hours of simulated time; errors are normalised (dimensionless).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 #: Step growth factor between steps after a dose event.
 GROWTH = 1.5
@@ -96,3 +104,132 @@ class Clock:
         if restart:
             return self.dt_first
         return min(self.dt_max, max(dt * self.growth, self.dt_min))
+
+
+# --------------------------------------------------------------------------------------------
+# Error control
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after a step of ``dt`` [hour]: keep it (``accept``) or redo it; ``dt_next``
+    [hour] is the next step to try (the redo when rejected); ``forced``: accepted although its
+    error exceeded the tolerance, because the step was already at the smallest allowed."""
+
+    accept: bool
+    dt_next: float
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class Controller:
+    """A PI step-size controller (Gustafsson 1991; Hairer & Wanner, Solving ODEs II, §IV.8).
+
+    The error estimate of a method of order p behaves as C dt^(p+1), so with the normalised
+    errors ε_n (this step) and ε_{n-1} (the last accepted one) the next step is
+
+        dt_{n+1} = dt_n · clamp(safety · ε_n^(−β1) · ε_{n−1}^(β2), shrink, grow),
+
+    β1 = 0.7/(p+1), β2 = 0.4/(p+1): the integral part drives ε to 1, the proportional part
+    damps the oscillation of steps a pure integral controller shows where stiffness limits them.
+    A step with ε > 1 is rejected and redone with the integral part alone (no history: the step
+    failed); the step after a rejection may not grow. ``dt_min``/``dt_max`` [hour] bound every
+    step; a step already at ``dt_min`` is accepted whatever its error (``forced``).
+    """
+
+    order: int = 2
+    safety: float = 0.9
+    grow: float = 5.0
+    shrink: float = 0.2
+    dt_min: float = 0.0
+    dt_max: float = math.inf
+
+    def __post_init__(self):
+        if self.order < 1:
+            raise ValueError("order must be >= 1")
+        if not (0 < self.safety <= 1 and self.grow > 1 and 0 < self.shrink < 1):
+            raise ValueError("need 0 < safety <= 1, grow > 1 and 0 < shrink < 1")
+        if not (0 <= self.dt_min < self.dt_max):
+            raise ValueError("need 0 <= dt_min < dt_max")
+
+    @property
+    def beta1(self) -> float:
+        return 0.7 / (self.order + 1)
+
+    @property
+    def beta2(self) -> float:
+        return 0.4 / (self.order + 1)
+
+    def _bounded(self, dt: float) -> float:
+        return min(self.dt_max, max(self.dt_min, dt))
+
+    def decide(self, dt: float, err: float, err_prev: float | None = None,
+               after_reject: bool = False) -> Decision:
+        """Keep or redo a step of ``dt`` [hour] with normalised error ``err``.
+
+        err_prev: the normalised error of the last accepted step (None at the start or after a
+        restart); after_reject: this step is the redo of a rejected one (it may not grow).
+        """
+        if not dt > 0:
+            raise ValueError(f"dt must be > 0, got {dt!r}")
+        if not math.isfinite(err) or err < 0:
+            # a failed solve or a NaN: the most the controller may shrink
+            if dt <= self.dt_min:
+                raise FloatingPointError(f"step error {err!r} at the smallest step {dt:g} h")
+            return Decision(False, self._bounded(dt * self.shrink))
+        if err <= 1.0:
+            if err == 0.0:
+                ratio = self.grow
+            elif err_prev is None or not err_prev > 0:
+                ratio = self.safety * err ** (-1.0 / (self.order + 1))
+            else:
+                ratio = self.safety * err ** (-self.beta1) * err_prev ** self.beta2
+            ratio = min(self.grow, max(self.shrink, ratio))
+            if after_reject:
+                ratio = min(ratio, 1.0)
+            return Decision(True, self._bounded(dt * ratio))
+        if dt <= self.dt_min * (1 + 1e-12):
+            return Decision(True, self._bounded(dt), forced=True)
+        ratio = max(self.shrink, self.safety * err ** (-1.0 / (self.order + 1)))
+        return Decision(False, self._bounded(dt * ratio))
+
+    @staticmethod
+    def land(t: float, dt: float, milestone: float, tol: float = 0.0) -> float:
+        """The end of a step of at most ``dt`` from ``t`` [hour] toward ``milestone``.
+
+        Exactly ``milestone`` (the same float) when t + dt reaches it or comes within ``tol``
+        of it; half the way when one step of dt would leave less than a step before it (two
+        equal steps instead of a long one and a sliver, whose tiny error would then make the
+        controller's next step jump); else t + dt.
+        """
+        remaining = milestone - t
+        if dt >= remaining - tol:
+            return milestone
+        if dt > 0.5 * remaining:
+            return t + 0.5 * remaining
+        return t + dt
+
+
+def error_norm(parts, comm=None) -> float:
+    """The normalised error of a step: the largest, over fields, of the mass-weighted RMS of
+    e_i / (atol + rtol |u_i|) (1 = the tolerance met exactly).
+
+    parts: (error estimate e, value u, dof weights m, rtol, atol) per field, NumPy arrays over
+    this rank's owned dofs (u, m may be the same for several fields). A field is judged on its
+    own, so a large accurate field does not hide a small inaccurate one. With ``comm`` the sums
+    are reduced over its ranks (one allreduce for all fields).
+    """
+    sums = np.zeros(2 * len(parts))
+    for k, (e, u, m, rtol, atol) in enumerate(parts):
+        w = atol + rtol * np.abs(u)
+        sums[2 * k] = float(m @ (e / w) ** 2) if len(e) else 0.0
+        sums[2 * k + 1] = float(m.sum())
+    if comm is not None and comm.size > 1:
+        from mpi4py import MPI
+
+        sums = comm.allreduce(sums, op=MPI.SUM)
+    num, den = sums[0::2], sums[1::2]
+    ok = den > 0
+    if not ok.any():
+        return 0.0
+    return float(np.sqrt(np.max(num[ok] / den[ok])))

@@ -208,14 +208,16 @@ def _builtin(spec: BuiltinMesh, comm) -> _Raw:
         sides = ["left", "right", "bottom", "top", "back", "front"]
     tdim = msh.topology.dim
     tol = 1e-9 * float(size.max())
-    indices, values = [], []
-    for tag, name in enumerate(sides, start=1):
+    # one pass over the boundary facets, tagged by the side their midpoint lies on (a side call
+    # of locate_entities_boundary each would walk the whole boundary once per side)
+    msh.topology.create_connectivity(tdim - 1, tdim)
+    facets = dmesh.exterior_facet_indices(msh.topology)
+    mid = dmesh.compute_midpoints(msh, tdim - 1, facets)
+    values = np.zeros(facets.size, dtype=np.int32)
+    for tag in range(1, len(sides) + 1):
         axis, end = divmod(tag - 1, 2)
-        plane = (lo, hi)[end][axis]
-        facets = dmesh.locate_entities_boundary(msh, tdim - 1, lambda X, a=axis, p=plane: np.abs(X[a] - p) < tol)
-        indices.append(facets)
-        values.append(np.full(facets.size, tag, dtype=np.int32))
-    ft = _meshtags(msh, tdim - 1, np.concatenate(indices), np.concatenate(values))
+        values[np.abs(mid[:, axis] - (lo, hi)[end][axis]) < tol] = tag
+    ft = _meshtags(msh, tdim - 1, facets[values > 0], values[values > 0])
     return _Raw(msh, None, ft, {}, {name: (tag,) for tag, name in enumerate(sides, start=1)})
 
 

@@ -233,7 +233,8 @@ def build(scenario: Scenario, comm) -> Model:
         for name, key, spec in kind.entries(scenario):
             solver = SpeciesSolver(kind.model(ctx, name, key, spec), V, domain.facet_tags,
                                    lumped=num.lumped_mass, solver=num.solver,
-                                   amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h)
+                                   amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h,
+                                   scheme=num.time_scheme)
             sp = Species(name, solver, kind.kind, getattr(spec, "ec50", None) if kind.kind == "drug" else None)
             if kind.kind == "drug":
                 sp.auc = fem.Function(V, name=f"auc_{name}")
@@ -312,7 +313,7 @@ def _build_clones(model: Model, cl, nloc, domain, num, h):
             model.motility.append(SpeciesSolver(
                 SpeciesModel(name=f"motility_{name}", diffusivity=fem.Constant(domain.mesh, cl.motility)),
                 V, domain.facet_tags, lumped=num.lumped_mass, solver=num.solver,
-                amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h))
+                amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h, scheme=num.time_scheme))
     np.sum(model.N, axis=0, out=model.n_tot.x.array)
 
 
@@ -691,15 +692,20 @@ class Problem:
         if m.reactions is not None:
             m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
         n_tot = m.n_tot.x.array
-        activation = None   # of the checkpoint inhibitors at t1 (drugs are stepped first)
+        # immune recruitment follows the checkpoint inhibitors' activation, which moves with the
+        # drugs during the step: its values at t0 and t1 (drugs are stepped first), linear between
+        act0 = self._activation() if (self._ici and m.get("immune") is not None) else None
+        activation = None   # of the checkpoint inhibitors at t1
         for s in m.species:
             source = None
             if s.kind == "immune":
                 im = self.scenario.immune
                 if self._ici:
                     activation = self._activation()
-                boost = 1.0 + im.boost * activation if self._ici else 1.0
-                source = im.recruitment * m.sv_dofs * boost
+                    source = (im.recruitment * m.sv_dofs * (1.0 + im.boost * act0),
+                              im.recruitment * m.sv_dofs * (1.0 + im.boost * activation))
+                else:
+                    source = im.recruitment * m.sv_dofs
             s.solver.step(t0, t1, n_tot, nodal_source=source)
         if m.reactions is not None:
             for i, solver in enumerate(m.motility):
@@ -709,8 +715,13 @@ class Problem:
             m.reactions.advance(m.N, *self._concentrations(activation), 0.5 * dt,
                                 total=m.n_tot.x.array)
         for s in m.drugs:
+            # the exposure over the step: the scheme's own mean of c (c at t1 for backward
+            # Euler, the stage-weighted mean for TR-BDF2: second order, and the mean the
+            # transport balance uses)
+            n = s.solver.m.size
+            s.auc.x.array[:n] += dt * s.solver.last["c_mean"]
+            s.auc.x.scatter_forward()
             c = s.solver.c.x.array
-            s.auc.x.array[:] += dt * c
             s.above.x.array[:] += dt * (c >= s.ec50)
 
     def _observe(self, t):

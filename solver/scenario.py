@@ -232,6 +232,9 @@ class NumericsSpec(Spec):
     amg_threshold: float = Field(10.0, gt=0, description="'auto' uses AMG when D dt/h^2 exceeds this")
     rtol: float = Field(1e-8, gt=0, lt=1, description="relative tolerance of every linear solve "
                         "(the previous solution is the initial guess)")
+    time_scheme: Literal["backward_euler", "tr_bdf2"] = Field(
+        "backward_euler", description="transport step: 'backward_euler' (first order, positive) or "
+        "'tr_bdf2' (second order, L-stable, two solves per step with one matrix)")
     reaction_kernel: Literal["auto", "compiled", "numpy"] = Field(
         "auto", description="clone reaction step: 'compiled' (C generated for the population, "
         "built with the system C compiler and cached), 'numpy' (the reference), 'auto' (compiled "

@@ -484,3 +484,26 @@ def test_substeps_are_the_same_as_shorter_steps(kernel):
     for _ in range(8):
         rx.advance(many, c, s, o, e, 30.0 / 8)
     assert np.max(np.abs(one - many)) < 1e-13
+
+
+@BOTH
+def test_step_doubling_estimates_the_local_error(reference, kernel):
+    """advance_estimated: its estimate is the local error of advance over the same step (solve_ivp
+    from the same state), to 10 %, for three conditions at once; it keeps the finer result."""
+    t, ref = reference
+    cl, dr = specs(WELL_MIXED["clones"], MIX_DRUGS, mutation=WELL_MIXED["mutation"],
+                   necrosis=WELL_MIXED["necrosis"])
+    rx = CloneReactions.from_specs(cl, dr, 3, factor_half=KS, oxygen_half=OHALF, kernel=kernel,
+                                   max_growth_step=10.0)
+    start = np.ascontiguousarray(ref[:, :, 2])  # day 3: every clone present in every condition
+    for dt in (12.0, 6.0):
+        coarse = start.copy()
+        rx.advance(coarse, C3, S3, O3, E3, dt)
+        fine = start.copy()
+        est = rx.advance_estimated(fine, C3, S3, O3, E3, dt)
+        exact = np.stack([solve_ivp(reference_rhs(x), (0, dt), start[:, x], method="DOP853",
+                                    rtol=1e-13, atol=1e-22).y[:, -1] for x in range(3)], axis=1)
+        true = coarse - exact
+        big = np.abs(true) > 1e-3 * np.abs(true).max()
+        assert np.allclose(est[big], true[big], rtol=0.1), (est, true)
+        assert np.max(np.abs(fine - exact)) < 0.3 * np.max(np.abs(true))
