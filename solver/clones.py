@@ -13,10 +13,11 @@ A clone is a trait vector (MODEL.md §3). Every resistance mechanism of the seed
 Pre-existing heterogeneity is the initial composition, the mutation matrix and a fitness cost
 (a lower ``growth``); selection then emerges from the different kill rates.
 
-Units (base units of :mod:`solver.units`): rates in 1/hour (a bare ``growth`` is read in 1/day,
-the unit doubling times are quoted in), concentrations in µM, P-gp capacity in µM/hour,
-diffusivity in µm²/hour (a bare number in µm²/s). Densities are volume fractions of the packing
-capacity, 0 ≤ N ≤ 1. Mutation entries are probabilities per division.
+Units (base units of :mod:`solver.units`): rates in 1/hour (``growth`` is shown in 1/day, the
+unit doubling times are quoted in), concentrations in µM, P-gp capacity in µM/hour, diffusivity
+in µm²/hour (shown in µm²/s), the cell volume in µm³. Every one is written with its unit.
+Densities are volume fractions of the packing capacity, 0 ≤ N ≤ 1. Mutation entries are
+probabilities per division.
 
 The kill model and the pointwise dynamics that use these traits are in :mod:`solver.reactions`.
 """
@@ -96,7 +97,7 @@ def _derived_mechanism(data: dict) -> str | None:
 class CloneSpec(Spec):
     """One clone: growth, resistance traits, immune kill and initial density.
 
-    Units: ``growth`` 1/hour (bare number in 1/day), ``pgp_vmax`` µM/hour, ``immune_kill``
+    Units: ``growth`` 1/hour (shown in 1/day), ``pgp_vmax`` µM/hour, ``immune_kill``
     1/hour per unit effector density; ``ec50_shift`` and the fractions are dimensionless.
     """
 
@@ -108,11 +109,11 @@ class CloneSpec(Spec):
         default_factory=dict, description="oncogenic bypass: targeted drug or target pathway -> "
                                           "fraction b of its E_max bypassed")
     repair: Repair = Field(0.0, description="DNA repair: DNA-damaging kill scaled by (1 - repair)")
-    pgp_vmax: PumpCapacity = Field(0.0, description="P-gp efflux capacity V_max; at low drug "
+    pgp_vmax: PumpCapacity = Field("0 uM/hour", description="P-gp efflux capacity V_max; at low drug "
                                                     "levels a cell accumulates a fraction "
                                                     "1/(1 + V_max/(k_in K_m)) of the outside level")
     factor_sensitivity: Fraction = Field(1.0, description="scales the protection by the CAF factor")
-    immune_kill: Rate = Field(0.0, description="kill rate per unit immune effector density")
+    immune_kill: Rate = Field("0 1/hour", description="kill rate per unit immune effector density")
     initial: InitialDensity = Field(0.0, description="initial volume fraction, uniform or "
                                                      "{region: fraction} (0 in other regions)")
     # Declared last: its default is read from the traits validated above.
@@ -132,6 +133,10 @@ class CloneSpec(Spec):
 NecrosisRate = Quantity("1/hour", "1/hour", ge=0, description="death rate below the threshold")
 NecrosisThreshold = Quantity("uM", "uM", ge=0, description="oxygen level below which cells "
                                                           "become necrotic")
+CellVolume = Quantity("um**3", "um**3", gt=0, description="volume of one cell")
+
+#: The volume of one carcinoma cell: HeLa and most carcinoma lines lie at 2000-4000 µm³.
+CELL_VOLUME = "3000 um**3"
 
 
 class NecrosisSpec(Spec):
@@ -145,17 +150,20 @@ class ClonesSpec(Spec):
     """The cancer cell populations (MODEL.md §3): clones in order, mutation between them,
     motility and the shared parameters of P-gp efflux, necrosis and hypoxic growth.
 
-    Units: ``motility`` µm²/hour (bare number in µm²/s), ``pgp_km`` µM, ``influx`` 1/hour;
-    mutation entries are probabilities per division.
+    Units: ``motility`` µm²/hour (shown in µm²/s), ``pgp_km`` µM, ``influx`` 1/hour,
+    ``cell_volume`` µm³; mutation entries are probabilities per division.
     """
 
     clones: dict[Name, CloneSpec] = Field(default_factory=dict, description="clones, in order")
     mutation: dict[Name, dict[Name, Fraction]] = Field(
         default_factory=dict, description="from clone -> {to clone: probability per division}")
-    motility: Diffusivity = Field(0.0, description="random motility D_N of every clone")
-    pgp_km: Concentration = Field(1.5, gt=0, description="P-gp Michaelis constant K_m "
-                                                         "(about 1.5 uM: FEBS Lett 1994)")
-    influx: Rate = Field(60.0, gt=0, description="passive influx k_in across the membrane; fast, "
+    motility: Diffusivity = Field("0 um**2/s", description="random motility D_N of every clone")
+    pgp_km: Concentration = Field("1.5 uM", gt=0, description="P-gp Michaelis constant K_m "
+                                                             "(about 1.5 uM: FEBS Lett 1994)")
+    cell_volume: CellVolume = Field(CELL_VOLUME, description="volume of one cancer cell; a burden "
+                                    "over it is a cell count (HeLa ~3000 um^3: Milo & Phillips, "
+                                    "Cell Biology by the Numbers)")
+    influx: Rate = Field("60 1/hour", gt=0, description="passive influx k_in across the membrane; fast, "
                                                  "as the quasi-steady intracellular level assumes")
     necrosis: NecrosisSpec | None = Field(None, description="necrosis in severe hypoxia; none when absent")
     hypoxia_growth: bool = Field(True, description="with oxygen on, growth, mutation and the kill "

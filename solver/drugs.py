@@ -19,12 +19,13 @@ class PKSpec(Spec):
     """Plasma pharmacokinetics: one or two compartments, with first-order elimination."""
 
     model: Literal["one_compartment", "two_compartment", "constant"] = "one_compartment"
-    half_life: Duration = Field(24.0, description="elimination half-life from the central compartment")
-    volume: Quantity("L", "L", gt=0, description="central volume of distribution") = 40.0
-    k12: Rate = 0.0
-    k21: Rate = 0.0
+    half_life: Duration = Field("24 hour", description="elimination half-life from the central "
+                                                      "compartment")
+    volume: Quantity("L", "L", gt=0, description="central volume of distribution") = "40 L"
+    k12: Rate = "0 1/hour"
+    k21: Rate = "0 1/hour"
     molar_mass: Quantity("g/mol", "g/mol", gt=0) | None = Field(None, description="to read doses in mg")
-    level: Concentration = Field(0.0, description="plasma level of model 'constant'")
+    level: Concentration = Field("0 uM", description="plasma level of model 'constant'")
 
 
 DrugClass = Literal[tuple(DRUG_CLASSES)]  # type: ignore[valid-type]
@@ -35,16 +36,16 @@ class DrugSpec(Spec):
 
     drug_class: DrugClass = Field(alias="class")
     diffusivity: Diffusivity = Field(description="free diffusivity D0")
-    radius: Quantity("um", "nm", gt=0, description="molecular radius for Ogston hindrance") = 0.5e-3
-    decay: Rate = 0.0
-    uptake: Rate = Field(0.0, description="cellular binding/uptake k per unit cell density")
-    permeability: Permeability = Field(0.0, description="vessel wall permeability P")
-    initial: Concentration = 0.0
+    radius: Quantity("um", "nm", gt=0, description="molecular radius for Ogston hindrance") = "0.5 nm"
+    decay: Rate = "0 1/hour"
+    uptake: Rate = Field("0 1/hour", description="cellular binding/uptake k per unit cell density")
+    permeability: Permeability = Field("0 um/s", description="vessel wall permeability P")
+    initial: Concentration = "0 uM"
     boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
     pk: PKSpec = PKSpec()
     # pharmacodynamics
-    emax: Rate = Field(0.0, description="maximal kill rate E_max")
-    ec50: Concentration = 1.0
+    emax: Rate = Field("0 1/hour", description="maximal kill rate E_max")
+    ec50: Concentration = Field("1 uM", gt=0, description="half-maximal (intracellular) concentration")
     hill: float = Field(1.0, gt=0)
     pgp_substrate: bool = False
     cycle_dependent: bool = False
@@ -58,8 +59,9 @@ class Dose(Spec):
 
     drug: Name
     amount: float | str = Field(description="plasma concentration reached (e.g. '5 uM'), or an "
-                                            "amount ('50 mg', '10 umol') given the PK volume")
-    start: Time = 0.0
-    infusion: Duration = Field(0.0, description="infusion duration; 0 = bolus")
-    every: Duration | None = Field(None, description="cycle period")
+                                            "amount ('50 mg', '10 umol') given the PK volume; "
+                                            "always with a unit")
+    start: Time = "0 hour"
+    infusion: Duration = Field("0 hour", description="infusion duration; 0 = bolus")
+    every: Duration | None = Field(None, gt=0, description="cycle period")
     cycles: int = Field(1, ge=1)

@@ -35,7 +35,7 @@ import pint
 
 from .drugs import Dose, DrugSpec, PKSpec
 from .spec import ScenarioError
-from .units import ureg
+from .units import UnsafeQuantity, bare_number_message, read, ureg
 
 LN2 = math.log(2.0)
 
@@ -43,9 +43,8 @@ LN2 = math.log(2.0)
 #: would only add round-off, since the step means integrate across events exactly anyway.
 EVENT_TOL = 1e-12
 
-_VALID = ("a dose is the plasma concentration it reaches ('5 uM', '0.2 mM', or a bare number in "
-          "uM), an amount of substance ('10 umol', divided by pk.volume) or a mass ('50 mg', "
-          "with pk.molar_mass)")
+_VALID = ("a dose is the plasma concentration it reaches ('5 uM', '0.2 mM'), an amount of "
+          "substance ('10 umol', divided by pk.volume) or a mass ('50 mg', with pk.molar_mass)")
 
 _DIM = {name: ureg.parse_units(unit).dimensionality for name, unit in
         [("concentration", "uM"), ("amount", "umol"), ("mass", "g"), ("mass_concentration", "g/L")]}
@@ -58,7 +57,8 @@ _DIM = {name: ureg.parse_units(unit).dimensionality for name, unit in
 def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
     """The plasma concentration [µM] a dose ``amount`` amounts to.
 
-    ``amount`` is a bare number (µM reached by a bolus), a concentration ('5 uM', '0.2 mM'), an
+    ``amount`` is a concentration reached by a bolus ('5 uM', '0.2 mM'; a bare number is
+    refused, as it could be any of these), an
     amount of substance ('10 umol', divided by the central volume ``pk.volume`` [L]), a mass
     ('50 mg', converted with ``pk.molar_mass`` [g/mol], then divided by the volume) or a mass
     concentration ('2 mg/L', with ``pk.molar_mass``). An infusion delivers this same total over
@@ -66,7 +66,9 @@ def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
     """
     if isinstance(amount, bool) or not isinstance(amount, (int, float, str)):
         raise ScenarioError(f"{key}: got {type(amount).__name__} {amount!r}; {_VALID}")
-    q = _read(amount, key) if isinstance(amount, str) else ureg.Quantity(float(amount), "uM")
+    if not isinstance(amount, str):
+        raise ScenarioError(f"{key}: {bare_number_message(amount, 'uM')}, or '{amount:g} umol'")
+    q = _read(amount, key)
     dim = q.dimensionality
     if dim == _DIM["concentration"]:
         conc = q.to("uM").magnitude
@@ -82,22 +84,25 @@ def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
     else:
         shown = "dimensionless" if not dim else str(dim)
         raise ScenarioError(f"{key}: {amount!r} has dimension {shown}; {_VALID}")
-    conc = float(conc)
+    try:
+        conc = float(conc)
+    except OverflowError:
+        conc = math.inf
     if not (math.isfinite(conc) and conc >= 0.0):
         raise ScenarioError(f"{key}: {amount!r} is not a finite amount >= 0; {_VALID}")
     return conc
 
 
 def _read(text: str, key: str) -> pint.Quantity:
-    """Parse a dose string with pint; a number without a unit is in µM."""
+    """Parse a dose string with pint; a number without a unit is refused."""
     try:
-        q = ureg.Quantity(text.strip().replace("µ", "u").replace("μ", "u"))
-    except (pint.errors.PintError, ValueError, TypeError, AttributeError, SyntaxError, AssertionError):
+        q = read(text)
+    except UnsafeQuantity as exc:
+        raise ScenarioError(f"{key}: {exc}") from None
+    except ValueError:
         raise ScenarioError(f"{key}: cannot read {text!r} as a dose; {_VALID}") from None
-    if not isinstance(q, pint.Quantity):
-        return ureg.Quantity(float(q), "uM")
-    if q.units == ureg.dimensionless:
-        return ureg.Quantity(q.magnitude, "uM")
+    if not isinstance(q, pint.Quantity) or q.units == ureg.dimensionless:
+        raise ScenarioError(f"{key}: {bare_number_message(text, 'uM')}, or '{text.strip()} umol'")
     return q
 
 

@@ -386,7 +386,8 @@ class Problem:
         sc = self.scenario
         self.model = build(sc, self.comm)
         m = self.model
-        self.protocol = Protocol(sc.treatment, sc.clones.mechanisms() if sc.clones else {})
+        self.protocol = Protocol(sc.treatment, sc.clones.mechanisms() if sc.clones else {},
+                                 sc.cell_scale(m.domain.dim))
         end = sc.time.end
         self.field_times = sorted(set(regular(sc.output.every or end / 20.0, end))
                                   | set(self._snapshot_times()) | {end})
@@ -934,7 +935,7 @@ class _Snapshots:
         p = self.problem
         p._update_fields()
         fields = p._fields()
-        wanted = p.scenario.output.snapshots.fields
+        wanted = p.scenario.snapshot_fields()
         chosen = [f for f in fields if f.name in wanted] or [s.solver.c for s in p.model.species]
         outputs.snapshot(p.out / "snapshots" / f"day_{t / 24:06.2f}.png", chosen, t, p.comm)
 

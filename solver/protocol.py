@@ -10,6 +10,15 @@ are given.
 
 Units: times in hours (from the start of the run unless said otherwise); burdens in the units of
 ∫ N_tot dx, i.e. volume fraction × µm² in 2-D and × µm³ in 3-D; fractions dimensionless.
+Tumour sizes a scenario declares (the detection limit, the smallest rise that counts as
+progression) are cell counts ('100 cell') or volumes ('1e6 um**3'); a :class:`CellScale` turns
+burdens into cell counts: a 2-D burden times the slice thickness is a volume, and a volume over
+the cell volume is a count.
+
+Detection: a burden below ``treatment.detection_limit`` at an assessment is "not detectable".
+No progression is called on it, and it is a *cure* (an event); by default a cure ends the
+treatment and the run (``stop.on_cure``), else the line goes on and a later detectable burden is
+judged against the nadir as usual (a relapse is progression).
 
 The scenario models (:class:`TreatmentSpec` and its parts) are declared here with the pure
 decision logic (:func:`sequence`, :class:`Protocol`), which needs no DOLFINx: the time loop feeds
@@ -24,23 +33,107 @@ from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import Field, model_validator
 
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
 from . import pharmacology
 from .drugs import Dose
 from .spec import Name, Spec, at
-from .units import Duration, Fraction, Quantity, Time
+from .units import Fraction, Quantity, read
 
 #: Resistance mechanisms a clone can carry (MODEL.md §3) and a sequencing step can name.
 MECHANISMS = tuple(pharmacology.MECHANISMS)
 
-#: Default interval between assessments: 6 weeks, like imaging in the clinic [hour].
-SIX_WEEKS = 6 * 7 * 24.0
+#: Default interval between assessments: 6 weeks, like imaging in the clinic.
+SIX_WEEKS = "6 week"
+
+#: The default detection limit: a continuum density summing to less than one cell over the
+#: whole domain no longer stands for any cell, and a domain of a few mm holds only 10^3-10^5
+#: cells, far below a clinical imaging limit (~10^8-10^9 cells, ~1 cm³).
+DETECTION_LIMIT = "1 cell"
 
 #: A non-negative dimensionless ratio with no upper bound (a relative increase may exceed 100 %).
 Ratio = Quantity("dimensionless", "dimensionless", ge=0, description="relative increase")
 
-#: A tumour burden ∫ N_tot dx [volume fraction × µm^d, d = 2 or 3]; a plain number because its
-#: unit depends on the dimension of the mesh.
-Burden = Annotated[float, Field(ge=0, description="tumour burden ∫ N_tot dx [µm^2 in 2-D, µm^3 in 3-D]")]
+Weeks = Quantity("hour", "week", gt=0, description="time")
+
+
+@dataclass(frozen=True)
+class Size:
+    """A tumour size a scenario declares: ``value`` cells (``unit`` 'cell') or µm³ ('um**3')."""
+
+    value: float
+    unit: Literal["cell", "um**3"]
+
+    def __str__(self) -> str:
+        return f"{self.value!r} {self.unit}"
+
+
+def _size(value: Any) -> Size:
+    if isinstance(value, Size):
+        return value
+    valid = "a cell count ('100 cell') or a volume ('1e6 um**3', '0.001 mm**3')"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return Size(0.0, "cell")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(f"a bare number is ambiguous; write e.g. '{value:g} cell' or '{value:g} um**3'")
+    if not isinstance(value, str):
+        raise ValueError(f"expected {valid}, got {value!r}")
+    try:
+        q = read(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot read {value!r} ({exc}); write {valid}") from None
+    import pint
+
+    if not isinstance(q, pint.Quantity) or q.unitless:
+        raise ValueError(f"a bare number is ambiguous; write e.g. '{value.strip()} cell' or "
+                         f"'{value.strip()} um**3'")
+    for unit in ("cell", "um**3"):
+        if q.check(unit if unit != "cell" else "[cell_count]"):
+            out = float(q.to(unit).magnitude)
+            if not math.isfinite(out) or out < 0:
+                raise ValueError(f"{value!r} is not a finite size >= 0")
+            return Size(out, unit)
+    raise ValueError(f"{value!r} has dimension {q.dimensionality}; write {valid}")
+
+
+#: A tumour size: cells or volume (see :class:`Size`); shown as '100 cell' or '1e6 um**3'.
+TumourSize = Annotated[Size, BeforeValidator(_size), PlainSerializer(str),
+                       WithJsonSchema({"type": "string", "description": "a cell count ('100 cell') "
+                                       "or a volume ('1e6 um**3')"})]
+
+
+@dataclass(frozen=True)
+class CellScale:
+    """How a burden ∫ N_tot dx becomes a cell count.
+
+    ``volume_per_burden`` [µm³ per unit of burden]: the slice thickness [µm] in 2-D (a burden is
+    then an area), 1 in 3-D; ``cell_volume`` [µm³] the volume of one cell at full packing.
+    """
+
+    volume_per_burden: float
+    cell_volume: float
+
+    def cells(self, burden: float) -> float:
+        """The cell count of ``burden`` [µm^d]."""
+        return burden * self.volume_per_burden / self.cell_volume
+
+    def in_cells(self, size: Size) -> float:
+        """A declared size as a cell count."""
+        return size.value if size.unit == "cell" else size.value / self.cell_volume
+
+
+def cell_scale(dim: int, thickness: float | None, cell_volume: float) -> CellScale:
+    """The :class:`CellScale` of a ``dim``-D domain; ``thickness`` [µm] is needed in 2-D."""
+    if dim == 2:
+        if thickness is None:
+            raise ValueError("a 2-D domain needs a slice thickness to count cells")
+        return CellScale(float(thickness), float(cell_volume))
+    return CellScale(1.0, float(cell_volume))
+
+
+def detectable(burden: float, limit: Size, scale: CellScale) -> bool:
+    """Whether ``burden`` [µm^d] is at or above the detection ``limit``."""
+    return scale.cells(burden) >= scale.in_cells(limit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,8 +172,8 @@ class AssessmentSpec(Spec):
     """When the tumour is assessed: ``first`` after the start of each line, then ``every``
     [hour]. The clock restarts with each line, whose start is its new baseline."""
 
-    every: Duration = Field(SIX_WEEKS, gt=0, description="interval between assessments")
-    first: Time = Field(SIX_WEEKS, gt=0, description="first assessment after the start of a "
+    every: Weeks = Field(SIX_WEEKS, description="interval between assessments")
+    first: Weeks = Field(SIX_WEEKS, description="first assessment after the start of a "
                                                      "line; default: every")
 
     @model_validator(mode="before")
@@ -97,11 +190,12 @@ class ProgressionSpec(Spec):
     Progression when B > (1 + increase)·nadir and B − nadir > min_increase, the nadir being the
     smallest burden assessed since the line started, its starting burden included; or, when
     ``resistant_fraction`` is set, when the resistant clones exceed that fraction of the tumour.
+    Either needs a detectable burden.
     """
 
     increase: Ratio = Field(0.2, description="relative rise above the nadir (0.2 = 20 %)")
-    min_increase: Burden = Field(0.0, description="absolute rise above the nadir that must also "
-                                                  "be exceeded [µm^d]")
+    min_increase: TumourSize = Field("0 cell", description="absolute rise above the nadir that "
+                                     "must also be exceeded: cells or a volume")
     resistant_fraction: Fraction | None = Field(None, description="progression also when the "
                                                                   "resistant fraction exceeds this")
 
@@ -109,8 +203,9 @@ class ProgressionSpec(Spec):
 class StopSpec(Spec):
     """When the treatment (and the run) ends before the end time."""
 
-    cure_burden: Burden = Field(0.0, description="burden below which the tumour is called cured "
-                                                 "at an assessment [µm^d]; 0 = never")
+    on_cure: bool = Field(True, description="a cure (a burden below the detection limit at an "
+                                            "assessment) ends the treatment and the run; false: "
+                                            "the line goes on, and a relapse is progression")
     stop_when_exhausted: bool = Field(True, description="stop at progression on the last line; "
                                                         "else continue the last line")
 
@@ -120,6 +215,9 @@ class TreatmentSpec(Spec):
 
     lines: list[Line] = Field(default_factory=list)
     assessment: AssessmentSpec = AssessmentSpec()
+    detection_limit: TumourSize = Field(DETECTION_LIMIT, description="a burden below this at an "
+                                        "assessment is not detectable: no progression is called, "
+                                        "and it is a cure; cells or a volume")
     progression: ProgressionSpec = ProgressionSpec()
     stop: StopSpec = StopSpec()
 
@@ -188,7 +286,8 @@ def check_references(treatment: TreatmentSpec, drugs: set[str], clones: dict[str
 # --------------------------------------------------------------------------------------------
 # Events and sequencing
 
-EventKind = Literal["line_start", "dose", "assessment", "progression", "switch", "sequencing", "stop"]
+EventKind = Literal["line_start", "dose", "assessment", "progression", "switch", "sequencing",
+                    "cure", "stop"]
 
 
 @dataclass(frozen=True)
@@ -261,7 +360,8 @@ class Record:
     ``nadir`` is the reference the burden was judged against (the new baseline for a line
     start) and ``threshold`` the burden above which it would have been progression [µm^d];
     ``outcome`` is 'start', 'continue', 'switch', 'progression' (last line, continued), 'cured'
-    or 'exhausted'.
+    (the run stops), 'not detectable' (cured, or still not detectable, and the line goes on) or
+    'exhausted'.
     """
 
     time: float
@@ -279,18 +379,30 @@ class Protocol:
     the burden since it started, the assessment clock, the event log and the history.
 
     ``mechanisms`` maps each clone to its resistance mechanism (None = sensitive); it is only
-    needed when a line has sequencing.
+    needed when a line has sequencing. ``scale`` turns burdens into cell counts, for the
+    detection limit and a min_increase; without it every burden is detectable and min_increase
+    must be 0.
     """
 
-    def __init__(self, treatment: TreatmentSpec, mechanisms: dict[str, str | None] | None = None):
+    def __init__(self, treatment: TreatmentSpec, mechanisms: dict[str, str | None] | None = None,
+                 scale: CellScale | None = None):
         self.spec = treatment
         self.mechanisms = dict(mechanisms or {})
+        self.scale = scale
+        if scale is None and treatment.progression.min_increase.value > 0:
+            raise ValueError("progression.min_increase needs a CellScale to compare with burdens")
+        # both in units of burden [µm^d]
+        self.min_increase = (0.0 if scale is None else
+                             scale.in_cells(treatment.progression.min_increase) / scale.cells(1.0))
+        self.detection_burden = (0.0 if scale is None else
+                                 scale.in_cells(treatment.detection_limit) / scale.cells(1.0))
         self.index = -1            # current line; -1 before start
         self.line: Line | None = None  # current line with its effective regimen
         self.line_start = math.nan
         self.nadir = math.nan
         self.stopped = False
         self.exhausted = False     # progression on the last line was seen and the run continued
+        self.cured = False         # an assessment found the tumour not detectable
         self._next = math.inf
         self.events: list[Event] = []
         self.history: list[Record] = []
@@ -329,18 +441,35 @@ class Protocol:
             raise RuntimeError("assess() called on a protocol that has not started or has stopped")
         spec, prog = self.spec, self.spec.progression
         nadir = self.nadir
-        threshold = max(nadir * (1.0 + prog.increase), nadir + prog.min_increase)
-        data = {"line": self.line.name, "burden": burden, "nadir": nadir, "threshold": threshold}
+        threshold = max(nadir * (1.0 + prog.increase), nadir + self.min_increase)
+        seen = self.scale is None or detectable(burden, spec.detection_limit, self.scale)
+        data = {"line": self.line.name, "burden": burden, "nadir": nadir, "threshold": threshold,
+                "detectable": seen}
+        if self.scale is not None:
+            data["cells"] = self.scale.cells(burden)
+            data["detection_limit_cells"] = self.scale.in_cells(spec.detection_limit)
         if resistant_fraction is not None:
             data["resistant_fraction"] = resistant_fraction
-        events = [Event(t, "assessment", f"assessment of line {self.line.name}", data)]
+        reason = f"assessment of line {self.line.name}"
+        if not seen:
+            reason += (f": not detectable ({data['cells']:.3g} cells, below the detection limit "
+                       f"of {data['detection_limit_cells']:.3g})")
+        events = [Event(t, "assessment", reason, data)]
         record = dict(time=t, line_index=self.index, line=self.line.name, burden=burden,
                       nadir=nadir, threshold=threshold, resistant_fraction=resistant_fraction)
 
-        if burden < spec.stop.cure_burden:
-            events.append(Event(t, "stop", "cured",
-                                {"burden": burden, "cure_burden": spec.stop.cure_burden}))
-            return self._decide(t, events, record, "cured", stop=True)
+        if not seen:
+            self.nadir = min(self.nadir, burden)
+            first = not self.cured
+            self.cured = True
+            if first:
+                events.append(Event(t, "cure", f"not detectable on line {self.line.name}",
+                                    {"line": self.line.name, "cells": data["cells"],
+                                     "detection_limit_cells": data["detection_limit_cells"]}))
+            if spec.stop.on_cure:
+                events.append(Event(t, "stop", "cured: not detectable", {"line": self.line.name}))
+                return self._decide(t, events, record, "cured", stop=True)
+            return self._decide(t, events, record, "not detectable")
 
         reasons = [] if self.exhausted else self._progression(burden, nadir, resistant_fraction)
         if not reasons:
@@ -388,7 +517,7 @@ class Protocol:
             kept = [i for i, d in enumerate(given) if any(d is k for k in self.line.regimen)]
         return {"index": self.index, "kept": kept, "line_start": self.line_start,
                 "nadir": self.nadir, "stopped": self.stopped, "exhausted": self.exhausted,
-                "next": self._next, "events": [e.as_dict() for e in self.events],
+                "cured": self.cured, "next": self._next, "events": [e.as_dict() for e in self.events],
                 "history": [dict(r.__dict__) for r in self.history]}
 
     def restore(self, state: dict) -> None:
@@ -402,6 +531,7 @@ class Protocol:
             self.line = line if len(kept) == len(line.regimen) else line.model_copy(update={"regimen": kept})
         self.line_start, self.nadir = state["line_start"], state["nadir"]
         self.stopped, self.exhausted, self._next = state["stopped"], state["exhausted"], state["next"]
+        self.cured = state.get("cured", False)
         self.events = [Event(e["time"], e["event"], e["reason"], e["data"]) for e in state["events"]]
         self.history = [Record(**r) for r in state["history"]]
 
@@ -418,10 +548,10 @@ class Protocol:
         out = []
         # written without dividing by the nadir, so a zero nadir (an eradicated tumour) works:
         # any regrowth above min_increase is then progression
-        if burden > nadir * (1.0 + prog.increase) and burden - nadir > prog.min_increase:
+        if burden > nadir * (1.0 + prog.increase) and burden - nadir > self.min_increase:
             out.append(("burden", f"burden {burden:.4g} above (1 + {prog.increase:.4g}) × nadir "
-                                  f"{nadir:.4g}" + (f" and nadir + {prog.min_increase:.4g}"
-                                                    if prog.min_increase > 0 else "")))
+                                  f"{nadir:.4g}" + (f" and nadir + {prog.min_increase}"
+                                                    if self.min_increase > 0 else "")))
         if prog.resistant_fraction is not None:
             if rf is None:
                 raise ValueError("progression.resistant_fraction is set: assess() needs the resistant fraction")
@@ -439,11 +569,11 @@ class Protocol:
             line, event = self._sequenced(index, line, t, clone_fractions, region_fractions)
             events.append(event)
         self.index, self.line, self.line_start, self.nadir = index, line, t, burden
+        self.cured = False
         self._next = t + self.spec.assessment.first
         events.append(Event(t, kind, reason, {**extra, "line": index, "name": line.name,
                                               "regimen": [d.drug for d in line.regimen]}))
-        threshold = max(burden * (1.0 + self.spec.progression.increase),
-                        burden + self.spec.progression.min_increase)
+        threshold = max(burden * (1.0 + self.spec.progression.increase), burden + self.min_increase)
         self.history.append(Record(t, index, line.name, burden, burden, threshold, None, "start"))
         return events
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from .clones import ClonesSpec, check_references as check_clones
+from .clones import CELL_VOLUME, ClonesSpec, check_references as check_clones
 from .drugs import DrugSpec
-from .protocol import TreatmentSpec, check_references as check_treatment
+from .pk import dose_concentration
+from .protocol import CellScale, TreatmentSpec, cell_scale, check_references as check_treatment
 from .spec import BoundaryValue, Name, ScenarioError, Spec, at, located
-from .units import Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time
+from .units import Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time, parse_quantity
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,13 +34,80 @@ class RegionRule(Spec):
     """Tag the cells whose midpoint satisfies ``where`` (a NumPy expression of x, y, z, r in µm)."""
 
     name: Name
-    where: str = Field(description="boolean NumPy expression of x, y, z and r = |x| (µm); "
-                                   "e.g. 'r < 300' or 'x > 0'")
+    where: str = Field(description="boolean NumPy expression of x, y, z and r = |x|, always in µm "
+                                   "whatever mesh.unit; e.g. 'r < 300' or 'x > 0'")
 
 
-class BuiltinMesh(Spec):
+#: The unit of bare mesh coordinates and sizes (``mesh.unit``).
+MESH_UNIT = "um"
+
+#: The thickness of tissue a 2-D mesh stands for: about one cell layer, the diameter of a cell of
+#: the default clones.cell_volume (3000 µm³ -> 18 µm).
+SLICE_THICKNESS = "18 um"
+
+
+def _length_unit(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a length unit such as 'um' or 'mm', got {value!r}")
+    try:
+        factor = parse_quantity(f"1 {value}", "um", "um")
+    except ValueError:
+        raise ValueError(f"{value!r} is not a length unit; write e.g. 'um' or 'mm'") from None
+    if factor <= 0:
+        raise ValueError(f"{value!r} is not a length unit; write e.g. 'um' or 'mm'")
+    return value
+
+
+MeshUnit = Annotated[str, BeforeValidator(_length_unit)]
+
+
+class _MeshKind(Spec):
+    """Bare numbers among a mesh's coordinates and sizes are in ``unit``; a value with its own
+    unit ('1.2 mm') is read as written."""
+
+    #: keys holding lengths or lists of lengths (``vessels`` holds mappings of them)
+    _lengths: typing.ClassVar[tuple[str, ...]] = ()
+
+    unit: MeshUnit = Field(MESH_UNIT, description="unit of bare coordinates and sizes of the mesh "
+                                                  "(region expressions are always in µm)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_in_unit(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unit = data.get("unit", MESH_UNIT)
+        if not isinstance(unit, str):
+            return data
+
+        def with_unit(v):
+            if isinstance(v, bool):
+                return v
+            if isinstance(v, (int, float)):
+                return f"{v!r} {unit}"
+            if isinstance(v, list):
+                return [with_unit(x) for x in v]
+            return v
+
+        out = dict(data)
+        for key in cls._lengths:
+            if key in out:
+                out[key] = with_unit(out[key])
+        if isinstance(out.get("vessels"), list):
+            out["vessels"] = [{k: with_unit(x) for k, x in v.items()} if isinstance(v, dict) else v
+                              for v in out["vessels"]]
+        return out
+
+
+class _Slice(_MeshKind):
+    thickness: Quantity("um", "um", gt=0, description="thickness of tissue the 2-D mesh stands "
+                        "for: burdens [µm²] times it are volumes and cell counts") = SLICE_THICKNESS
+
+
+class BuiltinMesh(_Slice):
     """A structured rectangle (2-D) or box (3-D) of P1 simplices; regions from rules."""
 
+    _lengths = ("size", "origin")
     kind: Literal["rectangle", "box"]
     size: list[Length] = Field(description="edge lengths, 2 (rectangle) or 3 (box) entries")
     cells: list[Annotated[int, Field(ge=1)]] = Field(description="cells per edge")
@@ -57,15 +125,17 @@ class BuiltinMesh(Spec):
 
 
 class Vessel(Spec):
-    """A circular vessel cross-section (2-D) whose wall is tagged ``vessel_wall``."""
+    """A circular vessel cross-section (2-D) whose wall is tagged ``vessel_wall``; bare numbers
+    are in the slice's ``unit``."""
 
     center: list[Quantity("um")]
     radius: Length
 
 
-class SliceMesh(Spec):
+class SliceMesh(_Slice):
     """A 2-D tissue slice (gmsh) with circular vessel holes and regions from rules."""
 
+    _lengths = ("size", "h", "vessel_h")
     kind: Literal["slice2d"]
     size: list[Length] = Field(description="width and height of the slice")
     h: Length = Field(description="target element size")
@@ -74,9 +144,11 @@ class SliceMesh(Spec):
     regions: list[RegionRule] = Field(default_factory=list)
 
 
-class KroghMesh(Spec):
-    """The Krogh unit: tissue annulus (2-D) or cylinder (3-D) around one vessel."""
+class KroghMesh(_Slice):
+    """The Krogh unit: tissue annulus (2-D) or cylinder (3-D) around one vessel; ``thickness``
+    applies to the 2-D annulus."""
 
+    _lengths = ("vessel_radius", "tissue_radius", "length", "h")
     kind: Literal["krogh"]
     dim: Literal[2, 3] = 2
     vessel_radius: Length
@@ -94,22 +166,28 @@ class KroghMesh(Spec):
         return self
 
 
-class SpheroidMesh(Spec):
+class SpheroidMesh(_MeshKind):
     """A 3-D ball of tissue (gmsh); its surface is tagged ``outer``."""
 
+    _lengths = ("radius", "h")
     kind: Literal["spheroid"]
     radius: Length
     h: Length
     regions: list[RegionRule] = Field(default_factory=list)
 
 
-class FileMesh(Spec):
-    """A user's mesh: gmsh .msh, or any meshio format; physical groups become named tags."""
+class FileMesh(_Slice):
+    """A user's mesh: gmsh .msh, or any meshio format; physical groups become named tags.
+    The file's coordinates are in ``unit``; ``thickness`` applies when the mesh is 2-D."""
 
     kind: Literal["file"]
     path: Path
-    scale: float = Field(1.0, gt=0, description="factor from the file's coordinates to µm")
     regions: list[RegionRule] = Field(default_factory=list)
+
+    @property
+    def scale(self) -> float:
+        """Factor from the file's coordinates to µm."""
+        return parse_quantity(f"1 {self.unit}", "um", "um")
 
 
 MeshSpec = Annotated[Union[BuiltinMesh, SliceMesh, KroghMesh, SpheroidMesh, FileMesh],
@@ -140,19 +218,49 @@ class RandomField(Spec):
 
 PropertyValue = Union[float, str, ExpressionField, RandomField]
 
+#: tissue property -> (base unit, unit it is written in, lower bound, upper bound (exclusive) or None)
+PROPERTIES = {
+    "vascular_density": ("1/um", "1/um", 0.0, None),
+    "ecm_fraction": ("dimensionless", "dimensionless", 0.0, 1.0),
+    "caf_density": ("dimensionless", "dimensionless", 0.0, None),
+}
+
 
 class RegionTissue(Spec):
-    """Tissue properties of one region (a bare number is in the documented unit)."""
+    """Tissue properties of one region: a quantity (``vascular_density`` with its unit, the
+    fractions bare), a NumPy expression of position with its unit, or a random field."""
 
-    vascular_density: PropertyValue = Field(0.0, description="S_V, vessel wall area per tissue volume [1/um]")
+    vascular_density: PropertyValue = Field(0.0, description="S_V, vessel wall area per tissue "
+                                                             "volume [1/um; with a unit]")
     ecm_fraction: PropertyValue = Field(0.0, description="ECM fibre volume fraction phi [-]")
     caf_density: PropertyValue = Field(0.0, description="activated CAF density rho_CAF [-]")
+
+    @field_validator(*PROPERTIES)
+    @classmethod
+    def _readable(cls, value, info):
+        # read here what can be read without the mesh, so that a bad unit fails at validation
+        base, unit, low, high = PROPERTIES[info.field_name]
+        if isinstance(value, ExpressionField):
+            try:
+                parse_quantity(f"1 {value.unit}", base, unit)
+            except ValueError:
+                raise ValueError(f"unit {value.unit!r} is not a unit of this property "
+                                 f"(expected e.g. '{unit}')") from None
+            return value
+        try:
+            number = parse_quantity(value.mean if isinstance(value, RandomField) else value, base, unit)
+        except ValueError as exc:
+            raise ValueError(f"mean: {exc}" if isinstance(value, RandomField) else str(exc)) from None
+        if number < low or (high is not None and number >= high and not isinstance(value, RandomField)):
+            valid = f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}"
+            raise ValueError(f"must be {valid}; got {value!r}")
+        return value
 
 
 class TissueSpec(Spec):
     """Tissue of every region; properties per region, as a number, expression or random field."""
 
-    fibre_radius: Quantity("um", "nm", gt=0, description="ECM fibre radius r_f (Ogston)") = 1.5e-3
+    fibre_radius: Quantity("um", "nm", gt=0, description="ECM fibre radius r_f (Ogston)") = "1.5 nm"
     regions: dict[Name, RegionTissue] = Field(default_factory=dict)
 
 
@@ -164,13 +272,13 @@ class SurvivalFactorSpec(Spec):
     """The CAF-secreted survival factor s (e.g. HGF); defaults after Owen et al. 2011."""
 
     enabled: bool = True
-    diffusivity: Diffusivity = 17.0 * 3600
-    radius: Quantity("um", "nm", gt=0, description="molecular radius (HGF ~ 3.5 nm)") = 3.5e-3
-    decay: Rate = 0.6
-    secretion: Quantity("uM/hour", "uM/hour", ge=0, description="sigma_s per unit CAF density") = 0.05
-    uptake: Rate = 0.0
-    half_effect: Concentration = Field(0.01, description="K_s of the protection s/(s+K_s)")
-    initial: Concentration = 0.0
+    diffusivity: Diffusivity = "17 um**2/s"
+    radius: Quantity("um", "nm", gt=0, description="molecular radius (HGF ~ 3.5 nm)") = "3.5 nm"
+    decay: Quantity("1/hour", "1/min", ge=0, description="decay rate") = "0.01 1/min"
+    secretion: Quantity("uM/hour", "uM/hour", ge=0, description="sigma_s per unit CAF density") = "0.05 uM/hour"
+    uptake: Rate = "0 1/hour"
+    half_effect: Concentration = Field("0.01 uM", description="K_s of the protection s/(s+K_s)")
+    initial: Concentration = "0 uM"
     boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
 
 
@@ -178,13 +286,13 @@ class OxygenSpec(Spec):
     """Oxygen, supplied from vessels at a constant blood level; defaults after PhysiCell."""
 
     enabled: bool = True
-    diffusivity: Diffusivity = 1.0e5 / 60 * 3600
-    radius: Quantity("um", "nm", gt=0, description="molecular radius") = 0.15e-3
-    blood_level: Concentration = 50.0
-    permeability: Permeability = 3.0
-    consumption: Rate = Field(36.0, description="q_o per unit cell density")
-    decay: Rate = 0.0
-    hypoxia: Concentration = Field(5.0, description="oxygen level of half-maximal proliferation")
+    diffusivity: Quantity("um**2/hour", "um**2/min", ge=0, description="diffusivity") = "1e5 um**2/min"
+    radius: Quantity("um", "nm", gt=0, description="molecular radius") = "0.15 nm"
+    blood_level: Concentration = "50 uM"
+    permeability: Permeability = Field("30 um/s", description="vessel wall permeability")
+    consumption: Rate = Field("36 1/hour", description="q_o per unit cell density")
+    decay: Rate = "0 1/hour"
+    hypoxia: Concentration = Field("5 uM", description="oxygen level of half-maximal proliferation")
     initial: Concentration | None = Field(None, description="initial level; default blood_level")
     boundary: dict[Name, BoundaryValue] = Field(default_factory=dict)
 
@@ -199,10 +307,11 @@ class ImmuneSpec(Spec):
     """
 
     enabled: bool = True
-    diffusivity: Diffusivity = Field(5.0 / 60, description="effector motility (T cells ~ 5 um^2/min)")
+    diffusivity: Quantity("um**2/hour", "um**2/min", ge=0, description="effector motility "
+                          "(T cells ~ 5 um^2/min)") = "5 um**2/min"
     recruitment: Quantity("um/hour", "um/hour", ge=0, description="r_e: recruitment per vessel "
-                          "surface density") = 1.0
-    clearance: Rate = Field(0.02, description="delta_e: effector death/exhaustion rate")
+                          "surface density") = "1 um/hour"
+    clearance: Rate = Field("0.02 1/hour", description="delta_e: effector death/exhaustion rate")
     boost: float = Field(5.0, ge=0, description="recruitment raised by (1 + boost A_I)")
     kill_boost: float = Field(3.0, ge=0, description="kill raised by (1 + kill_boost A_I)")
     initial: float = Field(0.0, ge=0)
@@ -218,12 +327,23 @@ class ImmuneSpec(Spec):
 
 
 class TimeSpec(Spec):
-    """Simulated period and step control."""
+    """Simulated period and step control [hour]."""
 
-    end: Time = Field(description="end of the simulation")
-    dt: Duration = Field(1.0, gt=0, description="largest step")
-    dt_min: Duration = Field(1.0e-3, gt=0, description="smallest step")
-    dt_initial: Duration | None = Field(None, description="first step; default dt")
+    end: Time = Field(gt=0, description="end of the simulation")
+    dt: Duration = Field("1 hour", gt=0, description="largest step")
+    dt_min: Duration = Field("0.001 hour", gt=0, description="smallest step")
+    dt_initial: Duration | None = Field(None, gt=0, description="first step after each dose, "
+                                                                "within [dt_min, dt]; default dt")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.dt_min > self.dt:
+            raise ValueError(at("time.dt_min", f"{self.dt_min:g} hour exceeds time.dt "
+                                               f"({self.dt:g} hour); the smallest step must be at most the largest"))
+        if self.dt_initial is not None and not self.dt_min <= self.dt_initial <= self.dt:
+            raise ValueError(at("time.dt_initial", f"{self.dt_initial:g} hour lies outside "
+                                f"[dt_min, dt] = [{self.dt_min:g}, {self.dt:g}] hour"))
+        return self
 
 
 class NumericsSpec(Spec):
@@ -244,8 +364,8 @@ class NumericsSpec(Spec):
 class SnapshotSpec(Spec):
     """Off-screen pictures of chosen fields at chosen times."""
 
-    fields: list[str] = Field(default_factory=lambda: ["total"], description="field names; the "
-                              "transported species when none of them exists")
+    fields: list[str] | None = Field(None, description="field names (see Scenario.field_names); "
+                                     "default: 'total' with clones, else the transported species")
     times: list[Time] | None = Field(None, description="default: the end time; [] for none")
 
 
@@ -258,7 +378,7 @@ class CheckpointSpec(Spec):
 
 
 class OutputSpec(Spec):
-    every: Duration | None = Field(None, description="field output interval; default end/20")
+    every: Duration | None = Field(None, gt=0, description="field output interval; default end/20")
     snapshots: SnapshotSpec = SnapshotSpec()
     plots: bool = True
     checkpoint: CheckpointSpec = CheckpointSpec()
@@ -289,26 +409,121 @@ class Scenario(Spec):
             check_clones(self.clones, self.drugs)
             mechanisms = self.clones.mechanisms()
         check_treatment(self.treatment, set(self.drugs), mechanisms)
+        self._check_doses()
+        self._check_output()
         return self
+
+    def _check_doses(self) -> None:
+        # every dose of every line, so that a later line cannot fail mid-run
+        for i, line in enumerate(self.treatment.lines):
+            for k, dose in enumerate(line.regimen):
+                key = f"treatment.lines.{i}.regimen.{k}.amount"
+                try:
+                    dose_concentration(dose.amount, self.drugs[dose.drug].pk, key)
+                except ScenarioError as exc:
+                    raise ValueError(at(key, str(exc).removeprefix(f"{key}: "))) from None
+
+    def _check_output(self) -> None:
+        snaps = self.output.snapshots
+        valid = self.field_names()
+        for k, name in enumerate(snaps.fields or []):
+            if name not in valid:
+                hint = difflib.get_close_matches(name, valid, n=1)
+                did = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise ValueError(at(f"output.snapshots.fields.{k}", f"no field {name!r}{did}; fields "
+                                                                   f"of this scenario: {', '.join(valid)}"))
+        for k, t in enumerate(snaps.times or []):
+            if t > self.time.end:
+                raise ValueError(at(f"output.snapshots.times.{k}", f"{t:g} hour is after time.end "
+                                                                   f"({self.time.end:g} hour)"))
+
+    def species_names(self) -> list[str]:
+        """The transported fields, in the order the run builds them."""
+        names = list(self.drugs)
+        names += ["factor"] if self.survival_factor.enabled else []
+        names += ["oxygen"] if self.oxygen.enabled else []
+        names += ["immune"] if self.immune.enabled else []
+        return names
+
+    def field_names(self) -> list[str]:
+        """Every field a run writes, by name: the species, the clones, 'total' and
+        'resistant_fraction' (with clones), 'region', and per drug 'auc_<drug>' and
+        'time_above_ec50_<drug>'."""
+        names = self.species_names()
+        if self.clones is not None:
+            names += list(self.clones.clones) + ["total", "resistant_fraction"]
+        names += ["region"] + [f"auc_{d}" for d in self.drugs] + [f"time_above_ec50_{d}" for d in self.drugs]
+        return names
+
+    def cell_scale(self, dim: int) -> CellScale:
+        """How burdens on this scenario's ``dim``-D mesh become cell counts."""
+        volume = self.clones.cell_volume if self.clones is not None else parse_quantity(CELL_VOLUME, "um**3")
+        return cell_scale(dim, getattr(self.mesh, "thickness", None), volume)
+
+    def snapshot_fields(self) -> list[str]:
+        """The fields of each snapshot: ``output.snapshots.fields``, by default 'total' with
+        clones and the transported species without."""
+        if self.output.snapshots.fields is not None:
+            return list(self.output.snapshots.fields)
+        return ["total"] if self.clones is not None else self.species_names()
 
 
 # --------------------------------------------------------------------------------------------
 # Loading and error messages
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last
+    one silently: a repeated drug or section would replace the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base loader says what is wrong with it
+                if first is None:
+                    seen[key] = key_node.start_mark.line + 1
+                else:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first}); "
+                                    f"a mapping lists each key once", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str):
+    """Parse YAML text with :class:`UniqueKeyLoader`."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}:" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where} not valid YAML ({problem})"
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
     """Read, override (``key.path=value``) and validate a scenario file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not a text file (byte {exc.object[exc.start]:#04x} at offset "
+                            f"{exc.start} is not UTF-8); a scenario is a YAML text file") from None
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ScenarioError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ScenarioError(f"{path}:{_yaml_error(exc)}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario is a YAML mapping of sections (name, mesh, time, ...)")
     for item in overrides:
@@ -321,7 +536,12 @@ def apply_override(data: dict, item: str) -> None:
     if "=" not in item:
         raise ScenarioError(f"--set {item!r}: expected key.path=value")
     key, value = item.split("=", 1)
-    parts = key.strip().split(".")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p.strip() for p in parts):
+        what = "empty" if not key else f"{key!r} has an empty part"
+        raise ScenarioError(f"--set {item!r}: the key path is {what}; write e.g. time.end='10 day'")
+    parts = [p.strip() for p in parts]
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
         if isinstance(node, list):
@@ -333,7 +553,11 @@ def apply_override(data: dict, item: str) -> None:
             node = node.setdefault(part, {})
             if not isinstance(node, (dict, list)):
                 raise ScenarioError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' is a value, not a section")
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = _yaml(value)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"--set {key}: value {value!r} is{_yaml_error(exc).split(':', 1)[-1]}; "
+                            f"quote text such as '10 day'") from None
     if isinstance(node, list):
         try:
             node[int(parts[-1])] = parsed
@@ -356,7 +580,10 @@ def validate(data: dict, source: str = "scenario", base_dir: Path | None = None)
 
 def _format(exc: ValidationError) -> str:
     """One line naming the key path of the first error and what would be valid."""
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # a misspelt key also leaves the key it should have been missing: name the typo
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    err = extra[0] if extra else errors[0]
     loc = [str(p) for p in err["loc"]]
     # drop the discriminator tag pydantic inserts into union paths (e.g. 'mesh.rectangle.size')
     tags = [p for p in loc if p not in _strip_union_tags(loc)]
@@ -371,7 +598,7 @@ def _format(exc: ValidationError) -> str:
         valid = _valid_keys(loc[:-1], tags)
         hint = difflib.get_close_matches(loc[-1], valid, n=1)
         did = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{key}: unknown key{did}; valid keys here: {', '.join(valid)}"
+        return f"{key}: unknown key '{loc[-1]}'{did}; valid keys here: {', '.join(valid)}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     if err["type"] == "union_tag_invalid":

@@ -16,7 +16,8 @@ class ScenarioError(ValueError):
 class Spec(BaseModel):
     """Base of every scenario section: frozen, unknown keys forbidden."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # defaults are declared as text with their unit and read like user input
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
 
 
 #: A name usable as a key and in file names: letters, digits, underscores.
@@ -24,15 +25,17 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class BoundaryValue(Spec):
-    """Outer-boundary condition on a facet tag: a fixed value, or Robin -D dc/dn = coeff (c - value).
+    """Outer-boundary condition on a facet tag: a fixed value [µM], or Robin
+    -D dc/dn = robin (c - value) with ``robin`` a permeability of the boundary [µm/hour].
 
     With ``plasma: true`` the value follows the species' plasma level instead: c_b(t) =
     plasma_fraction * C_p(t) (a drug's PK level; oxygen's blood level), e.g. the medium around a
     spheroid or the vascularised stroma beyond the domain.
     """
 
-    value: Concentration = 0.0
-    robin: Permeability | None = Field(None, description="Robin exchange coefficient; Dirichlet when absent")
+    value: Concentration = "0 uM"
+    robin: Permeability | None = Field(None, description="Robin exchange coefficient of the outer "
+                                                         "boundary; Dirichlet when absent")
     plasma: bool = Field(False, description="the boundary value follows the plasma level C_p(t) "
                          "(drugs: their PK; oxygen: blood_level) instead of 'value'")
     plasma_fraction: float = Field(1.0, gt=0, le=1, description="with plasma: true, the boundary "

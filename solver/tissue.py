@@ -19,16 +19,9 @@ from dolfinx import fem
 from dolfinx import mesh as dmesh
 
 from .meshes import Domain, evaluate, together
-from .scenario import ExpressionField, RandomField, TissueSpec
+from .scenario import PROPERTIES, ExpressionField, RandomField, TissueSpec
 from .spec import ScenarioError
 from .units import parse_quantity
-
-#: property -> (base unit, unit of a bare number, lower bound, upper bound (exclusive) or None)
-PROPERTIES = {
-    "vascular_density": ("1/um", "1/um", 0.0, None),
-    "ecm_fraction": ("dimensionless", "dimensionless", 0.0, 1.0),
-    "caf_density": ("dimensionless", "dimensionless", 0.0, None),
-}
 
 #: Random Fourier features per random field: the spatial variance of the Gaussian field is
 #: then 1 to within ~1/sqrt(features) of its target on any domain much larger than the

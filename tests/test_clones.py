@@ -14,11 +14,11 @@ DAY = 24.0
 
 
 def drugs():
-    base = {"diffusivity": 16}
+    base = {"diffusivity": "16 um**2/s"}
     return {
-        "dox": DrugSpec.model_validate({**base, "class": "dna_damaging", "emax": 0.1}),
-        "erlotinib": DrugSpec.model_validate({**base, "class": "targeted", "emax": 0.05, "target": "EGFR"}),
-        "osimertinib": DrugSpec.model_validate({**base, "class": "targeted", "emax": 0.05, "target": "EGFR"}),
+        "dox": DrugSpec.model_validate({**base, "class": "dna_damaging", "emax": "0.1 1/hour"}),
+        "erlotinib": DrugSpec.model_validate({**base, "class": "targeted", "emax": "0.05 1/hour", "target": "EGFR"}),
+        "osimertinib": DrugSpec.model_validate({**base, "class": "targeted", "emax": "0.05 1/hour", "target": "EGFR"}),
         "tariquidar": DrugSpec.model_validate({**base, "class": "pgp_inhibitor", "pgp_inhibition": 0.9}),
         "nivolumab": DrugSpec.model_validate({**base, "class": "checkpoint_inhibitor"}),
     }
@@ -51,11 +51,11 @@ def error(clones: dict, regions=None) -> str:
 
 SECTION = {
     "clones": {
-        "sensitive": {"growth": 0.6, "initial": 0.4},
+        "sensitive": {"growth": "0.6 1/day", "initial": 0.4},
         "t790m": {"growth": "0.5 1/day", "ec50_shift": {"erlotinib": 50}, "initial": "1 %"},
-        "met": {"growth": 0.5, "bypass": {"EGFR": 0.8}},
-        "mdr": {"growth": 0.45, "pgp_vmax": "6.4 uM/min", "initial": {"tumour": 0.02}},
-        "brca": {"growth": 0.5, "repair": "60 %"},
+        "met": {"growth": "0.5 1/day", "bypass": {"EGFR": 0.8}},
+        "mdr": {"growth": "0.45 1/day", "pgp_vmax": "6.4 uM/min", "initial": {"tumour": 0.02}},
+        "brca": {"growth": "0.5 1/day", "repair": "60 %"},
     },
     "mutation": {"sensitive": {"t790m": 1e-6, "met": 1e-6}, "t790m": {"mdr": 1e-7}},
 }
@@ -108,7 +108,7 @@ def test_initial_density_uniform_or_per_region():
 
 
 def test_resolved_section_validates_again_to_the_same_model():
-    spec = ClonesSpec.model_validate({**SECTION, "necrosis": {"rate": "0.5 1/day", "threshold": 1}})
+    spec = ClonesSpec.model_validate({**SECTION, "necrosis": {"rate": "0.5 1/day", "threshold": "1 uM"}})
     again = ClonesSpec.model_validate(spec.model_dump(mode="json"))
     assert again == spec
     assert spec.necrosis.rate == pytest.approx(0.5 / DAY)
@@ -124,7 +124,7 @@ def test_references_pass_for_a_consistent_section():
 
 
 def with_clone(name, **traits):
-    return {"clones": {"sensitive": {"growth": 0.6, "initial": 0.3}, name: {"growth": 0.5, **traits}}}
+    return {"clones": {"sensitive": {"growth": "0.6 1/day", "initial": 0.3}, name: {"growth": "0.5 1/day", **traits}}}
 
 
 @pytest.mark.parametrize("section, expected", [
@@ -147,13 +147,13 @@ def with_clone(name, **traits):
     ({**with_clone("r"), "mutation": {"sensitive": {"x": 1e-6}}}, "clones.mutation.sensitive.x: unknown clone 'x'; clones: r, sensitive"),
     ({**with_clone("r"), "mutation": {"sensitive": {"sensitive": 1e-6}}}, "clones.mutation.sensitive.sensitive: a clone cannot mutate into itself; name another clone: r"),
     ({**with_clone("r"), "mutation": {"sensitive": {"r": 2}}}, "clones.mutation.sensitive.r: Input should be less than or equal to 1"),
-    ({**with_clone("r"), "clones": {"a": {"growth": 1}, "b": {"growth": 1}, "c": {"growth": 1}},
+    ({**with_clone("r"), "clones": {"a": {"growth": "1 1/day"}, "b": {"growth": "1 1/day"}, "c": {"growth": "1 1/day"}},
       "mutation": {"a": {"b": 0.6, "c": 0.6}}}, "clones.mutation.a: mutation probabilities per division of 'a' add up to 1.2"),
-    ({**with_clone("r"), "motility": -1}, "clones.motility: Input should be greater than or equal to 0"),
+    ({**with_clone("r"), "motility": "-1 um**2/s"}, "clones.motility: Input should be greater than or equal to 0"),
     ({**with_clone("r"), "pgp_km": 0}, "clones.pgp_km: Input should be greater than 0"),
     ({**with_clone("r"), "influx": 0}, "clones.influx: Input should be greater than 0"),
-    ({**with_clone("r"), "necrosis": {"rate": 1}}, "clones.necrosis.threshold: required key is missing"),
-    ({**with_clone("r"), "necrosis": {"rate": -1, "threshold": 1}}, "clones.necrosis.rate: Input should be greater than or equal to 0"),
+    ({**with_clone("r"), "necrosis": {"rate": "1 1/hour"}}, "clones.necrosis.threshold: required key is missing"),
+    ({**with_clone("r"), "necrosis": {"rate": "-1 1/hour", "threshold": "1 uM"}}, "clones.necrosis.rate: Input should be greater than or equal to 0"),
 ])
 def test_section_errors_name_the_key(section, expected):
     msg = error(section)

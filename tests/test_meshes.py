@@ -227,7 +227,7 @@ def test_krogh_cylinder(comm):
 
 
 def test_krogh_schema_checks_radii_and_length():
-    base = {"name": "k", "time": {"end": 1}}
+    base = {"name": "k", "time": {"end": "1 hour"}}
     with pytest.raises(ScenarioError, match=r"mesh\.tissue_radius: must exceed vessel_radius"):
         sc.validate(dict(base, mesh={"kind": "krogh", "vessel_radius": 50, "tissue_radius": 40, "h": 5}))
     with pytest.raises(ScenarioError, match=r"mesh\.length: required for a 3-D Krogh cylinder"):

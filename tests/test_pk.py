@@ -16,7 +16,7 @@ K = math.log(2.0) / HALF_LIFE
 
 
 def one_compartment() -> Plasma:
-    return Plasma(PKSpec(half_life=HALF_LIFE), "dox")
+    return Plasma(PKSpec(half_life=f"{HALF_LIFE} hour"), "dox")
 
 
 def bolus(c0, t0, t):
@@ -51,9 +51,9 @@ def test_infusion_matches_closed_form_during_and_after():
 
 def test_cycles_superpose_as_the_sum_of_single_doses():
     p = one_compartment()
-    doses = [Dose(drug="dox", amount="5 uM", start=1.0, every=8.0, cycles=4),
-             Dose(drug="dox", amount=3.0, start=2.0, infusion=2.5, every=10.0, cycles=3),
-             Dose(drug="other", amount=100.0)]  # not this drug's
+    doses = [Dose(drug="dox", amount="5 uM", start="1.0 hour", every="8.0 hour", cycles=4),
+             Dose(drug="dox", amount="3.0 uM", start="2.0 hour", infusion="2.5 hour", every="10.0 hour", cycles=3),
+             Dose(drug="other", amount="100.0 uM")]  # not this drug's
     p.schedule(doses, offset=10.0, key="treatment.lines.0.regimen")
     ts = np.linspace(0.0, 80.0, 161)
     expected = sum(bolus(5.0, 11.0 + 8.0 * k, ts) for k in range(4)) \
@@ -86,7 +86,7 @@ def ode_reference(pk: PKSpec, doses, ts):
 @pytest.mark.parametrize("k12, k21", [(0.7, 0.2), (0.5, 0.0), (0.0, 0.3), (1e-9, math.log(2.0) / 2.0)],
                          ids=["exchange", "no_return", "no_peripheral", "nearly_repeated_eigenvalues"])
 def test_two_compartment_matches_ode_solution(k12, k21):
-    pk = PKSpec(model="two_compartment", half_life=2.0, k12=k12, k21=k21)
+    pk = PKSpec(model="two_compartment", half_life="2.0 hour", k12=f"{k12} 1/hour", k21=f"{k21} 1/hour")
     doses = [(1.0, 5.0, 0.0), (3.0, 3.0, 4.0), (5.0, 2.0, 0.0)]  # (start h, µM, infusion h)
     p = Plasma(pk, "pac")
     for s, c, d in doses:
@@ -98,8 +98,8 @@ def test_two_compartment_matches_ode_solution(k12, k21):
     np.testing.assert_array_less(np.abs(got[1:] - ref[1:]) / ref[1:], 1e-7)
 
 
-@pytest.mark.parametrize("pk", [PKSpec(half_life=HALF_LIFE),
-                                PKSpec(model="two_compartment", half_life=2.0, k12=0.7, k21=0.2)],
+@pytest.mark.parametrize("pk", [PKSpec(half_life=f"{HALF_LIFE} hour"),
+                                PKSpec(model="two_compartment", half_life="2.0 hour", k12="0.7 1/hour", k21="0.2 1/hour")],
                          ids=["one_compartment", "two_compartment"])
 def test_mean_is_the_exact_time_average(pk):
     p = Plasma(pk, "dox")
@@ -128,7 +128,7 @@ def test_eliminated_amount_equals_the_dose():
 
 def test_cancel_from_stops_the_regimen_and_truncates_a_running_infusion():
     p = one_compartment()
-    p.schedule([Dose(drug="dox", amount=8.0, infusion=10.0, every=24.0, cycles=3)], 0.0, "r")
+    p.schedule([Dose(drug="dox", amount="8.0 uM", infusion="10.0 hour", every="24.0 hour", cycles=3)], 0.0, "r")
     before = [p.concentration(t) for t in (2.0, 4.0)]
     p.mean(0.0, 30.0)  # fills the cache past the cut, which must not survive it
     p.cancel_from(4.0)
@@ -143,7 +143,7 @@ def test_cancel_from_stops_the_regimen_and_truncates_a_running_infusion():
 
 def test_events_of_a_cycled_infusion():
     p = one_compartment()
-    p.schedule([Dose(drug="dox", amount=1.0, start=1.0, infusion=2.0, every=24.0, cycles=3)], 0.0, "r")
+    p.schedule([Dose(drug="dox", amount="1.0 uM", start="1.0 hour", infusion="2.0 hour", every="24.0 hour", cycles=3)], 0.0, "r")
     assert p.events(0.0, 100.0) == [1.0, 3.0, 25.0, 27.0, 49.0, 51.0]
     assert p.events(1.0, 25.0) == [3.0, 25.0]  # (t0, t1]
     assert p.next_event(0.0) == 1.0
@@ -153,8 +153,8 @@ def test_events_of_a_cycled_infusion():
 
 
 def test_queries_in_any_order_agree_with_increasing_ones():
-    pk = PKSpec(model="two_compartment", half_life=2.0, k12=0.7, k21=0.2)
-    doses = [Dose(drug="pac", amount=2.0, start=1.0, infusion=3.0, every=6.0, cycles=5)]
+    pk = PKSpec(model="two_compartment", half_life="2.0 hour", k12="0.7 1/hour", k21="0.2 1/hour")
+    doses = [Dose(drug="pac", amount="2.0 uM", start="1.0 hour", infusion="3.0 hour", every="6.0 hour", cycles=5)]
     ts = [0.37 * i for i in range(100)]
     forward = Plasma(pk, "pac")
     forward.schedule(doses, 0.0, "r")
@@ -179,11 +179,9 @@ MOLAR_MASS = 543.5  # g/mol (doxorubicin)
 
 
 @pytest.mark.parametrize("amount, expected", [
-    (7, 7.0),
     ("5 uM", 5.0),
     ("5 µM", 5.0),
     ("0.2 mM", 200.0),
-    ("3", 3.0),
     ("10 umol", 0.25),
     ("50 mg", 50e-3 / MOLAR_MASS * 1e6 / 40.0),
     ("2 mg/L", 2e-3 / MOLAR_MASS * 1e6),
@@ -199,23 +197,26 @@ def test_dose_amounts_in_units(amount, expected):
     ("50 mg", None, "molar_mass"),
     ("-1 uM", MOLAR_MASS, ">= 0"),
     (True, MOLAR_MASS, "got bool"),
+    (7, MOLAR_MASS, "a bare number is ambiguous"),
+    ("3", MOLAR_MASS, "a bare number is ambiguous"),
+    ("9**9**9 uM", MOLAR_MASS, "powers must be small"),
 ])
 def test_dose_amount_errors_name_the_key(amount, molar_mass, hint):
-    pk = PKSpec(molar_mass=molar_mass)
+    pk = PKSpec(molar_mass=molar_mass and f"{molar_mass} g/mol")
     with pytest.raises(ScenarioError, match=r"^treatment\.lines\.0\.regimen\.2\.amount: ") as err:
         dose_concentration(amount, pk, "treatment.lines.0.regimen.2.amount")
     assert hint in str(err.value) and "uM" in str(err.value)
 
 
 def drugs(**pk) -> dict:
-    return {"dox": DrugSpec(**{"class": "dna_damaging"}, diffusivity=1.0, pk=PKSpec(half_life=HALF_LIFE)),
-            "o2": DrugSpec(**{"class": "targeted"}, diffusivity=1.0, pk=PKSpec(model="constant", level=2.5)),
-            **{name: DrugSpec(**{"class": "antimitotic"}, diffusivity=1.0, pk=spec) for name, spec in pk.items()}}
+    return {"dox": DrugSpec(**{"class": "dna_damaging"}, diffusivity="1.0 um**2/s", pk=PKSpec(half_life=f"{HALF_LIFE} hour")),
+            "o2": DrugSpec(**{"class": "targeted"}, diffusivity="1.0 um**2/s", pk=PKSpec(model="constant", level="2.5 uM")),
+            **{name: DrugSpec(**{"class": "antimitotic"}, diffusivity="1.0 um**2/s", pk=spec) for name, spec in pk.items()}}
 
 
 def test_plasma_set_routes_each_dose_to_its_drug():
-    pset = PlasmaSet(drugs(pac=PKSpec(model="two_compartment", half_life=2.0, k12=0.7, k21=0.2)))
-    pset.add_regimen([Dose(drug="dox", amount=5.0, start=1.0), Dose(drug="pac", amount=3.0, infusion=2.0)],
+    pset = PlasmaSet(drugs(pac=PKSpec(model="two_compartment", half_life="2.0 hour", k12="0.7 1/hour", k21="0.2 1/hour")))
+    pset.add_regimen([Dose(drug="dox", amount="5.0 uM", start="1.0 hour"), Dose(drug="pac", amount="3.0 uM", infusion="2.0 hour")],
                      10.0, "treatment.lines.0.regimen")
     levels = pset.levels(12.0)
     assert levels["dox"] == pytest.approx(float(bolus(5.0, 11.0, np.array(12.0))), rel=1e-13)
@@ -233,23 +234,23 @@ def test_plasma_set_routes_each_dose_to_its_drug():
 
 
 @pytest.mark.parametrize("dose, where, hint", [
-    (Dose(drug="cis", amount=1.0), r"regimen\.1\.drug", "defined drugs: dox, o2"),
-    (Dose(drug="o2", amount=1.0), r"regimen\.1", "constant"),
-    (Dose(drug="dox", amount=1.0, cycles=3), r"regimen\.1\.every", "cycle period"),
+    (Dose(drug="cis", amount="1.0 uM"), r"regimen\.1\.drug", "defined drugs: dox, o2"),
+    (Dose(drug="o2", amount="1.0 uM"), r"regimen\.1", "constant"),
+    (Dose(drug="dox", amount="1.0 uM", cycles=3), r"regimen\.1\.every", "cycle period"),
     (Dose(drug="dox", amount="1 kg/s"), r"regimen\.1\.amount", "dimension"),
 ])
 def test_regimen_errors_name_the_key_and_give_nothing(dose, where, hint):
     pset = PlasmaSet(drugs())
     with pytest.raises(ScenarioError, match=rf"^treatment\.lines\.1\.{where}: .*{hint}"):
-        pset.add_regimen([Dose(drug="dox", amount=1.0), dose], 0.0, "treatment.lines.1.regimen")
+        pset.add_regimen([Dose(drug="dox", amount="1.0 uM"), dose], 0.0, "treatment.lines.1.regimen")
     assert pset.events(-1.0, 1e9) == []
 
 
 def test_constant_model_and_invalid_pk():
-    p = Plasma(PKSpec(model="constant", level=3.0), "o2")
+    p = Plasma(PKSpec(model="constant", level="3.0 uM"), "o2")
     assert p.concentration(5.0) == p.mean(0.0, 7.0) == 3.0
     assert p.events(0.0, 1e9) == [] and p.next_event(0.0) == math.inf
     with pytest.raises(ScenarioError, match=r"^drugs\.o2\.pk\.model: .*no doses"):
         p.add_dose(0.0, 1.0)
     with pytest.raises(ScenarioError, match=r"^drugs\.dox\.pk\.half_life: must be > 0"):
-        Plasma(PKSpec(half_life=0.0), "dox")
+        Plasma(PKSpec(half_life="0.0 hour"), "dox")

@@ -2,22 +2,28 @@
 stopping, sequencing, and the reference checks of the scenario (no DOLFINx)."""
 
 import math
+import re
 
 import pytest
 from pydantic import ValidationError
 
-from solver.protocol import (AssessmentSpec, Protocol, ProgressionSpec, StopSpec,
-                             TreatmentSpec, check_references, sequence)
+from solver.protocol import (AssessmentSpec, CellScale, Protocol, ProgressionSpec, Size, StopSpec,
+                             TreatmentSpec, cell_scale, check_references, detectable, sequence)
 
 WEEK = 7 * 24.0
 MECH = {"sensitive": None, "t790m": "target_mutation", "met": "bypass", "mdr": "pgp"}
 
 
-def treatment(n_lines=2, progression=None, stop=None, every="6 week", lines=None):
+#: burdens counted in cells: one unit of burden is one cell
+CELLS = CellScale(volume_per_burden=1.0, cell_volume=1.0)
+
+
+def treatment(n_lines=2, progression=None, stop=None, every="6 week", lines=None, detection_limit=None):
     lines = lines or [{"name": f"line{i + 1}", "regimen": [{"drug": f"drug{i + 1}", "amount": "5 uM"}]}
                       for i in range(n_lines)]
+    extra = {} if detection_limit is None else {"detection_limit": detection_limit}
     return TreatmentSpec.model_validate({"lines": lines, "assessment": {"every": every},
-                                         "progression": progression or {}, "stop": stop or {}})
+                                         "progression": progression or {}, "stop": stop or {}, **extra})
 
 
 def run(protocol, burdens, resistant=None):
@@ -50,7 +56,7 @@ def test_assessment_defaults_and_units():
     with pytest.raises(ValidationError):
         AssessmentSpec(every=0)
     with pytest.raises(ValidationError):
-        StopSpec(cure_burden=1, typo=True)
+        StopSpec(on_cure=True, typo=True)
 
 
 def test_a_resolved_treatment_validates_again_to_the_same_model():
@@ -95,7 +101,8 @@ def test_progression_at_the_first_assessment():
 
 
 def test_zero_nadir_any_regrowth_above_min_increase_is_progression():
-    p = Protocol(treatment(1, progression={"min_increase": 0.5}, stop={"stop_when_exhausted": True}))
+    p = Protocol(treatment(1, progression={"min_increase": "0.5 cell"}, stop={"stop_when_exhausted": True},
+                           detection_limit="0 cell"), scale=CELLS)
     p.start(0.0, 10.0)
     d = run(p, [0.0, 0.0, 0.4, 0.6])
     assert [x.progression for x in d] == [False, False, False, True]
@@ -107,8 +114,8 @@ def test_zero_nadir_any_regrowth_above_min_increase_is_progression():
 
 
 def test_min_increase_suppresses_a_small_relative_rise():
-    spec = treatment(1, progression={"min_increase": 5.0})
-    p = Protocol(spec)
+    spec = treatment(1, progression={"min_increase": "5 cell"})
+    p = Protocol(spec, scale=CELLS)
     p.start(0.0, 10.0)
     d = run(p, [2.0, 4.0, 7.5])  # 4 = 2 × nadir, but only 2 above it; 7.5 is 5.5 above
     assert [x.progression for x in d] == [False, False, True]
@@ -175,12 +182,97 @@ def test_lines_exhausted_stops_or_continues():
 
 
 def test_cure_stops_the_treatment():
-    p = Protocol(treatment(2, stop={"cure_burden": 1.0}))
+    p = Protocol(treatment(2, detection_limit="1 cell"), scale=CELLS)
     p.start(0.0, 100.0)
     d = run(p, [10.0, 1.5, 0.5, 0.1])
     assert len(d) == 3 and d[-1].stop
-    assert (d[-1].events[-1].event, d[-1].events[-1].reason) == ("stop", "cured")
+    assert kinds(d[-1]) == ["assessment", "cure", "stop"]
+    assert "not detectable" in d[-1].events[0].reason and d[-1].events[0].data["detectable"] is False
+    assert (d[-1].events[-1].event, d[-1].events[-1].reason) == ("stop", "cured: not detectable")
     assert p.history[-1].outcome == "cured"
+
+
+# --------------------------------------------------------------------------------------------
+# Detection limit and cell counts
+
+
+def test_a_burden_becomes_a_cell_count():
+    # 2-D: a burden is an area; times the slice thickness it is a volume, over the cell volume a count
+    s2 = cell_scale(2, thickness=18.0, cell_volume=3000.0)
+    assert s2.cells(3000.0 / 18.0) == pytest.approx(1.0)
+    assert s2.cells(1.2e6 * 0.5) == pytest.approx(1.2e6 * 0.5 * 18.0 / 3000.0)
+    s3 = cell_scale(3, thickness=None, cell_volume=2000.0)
+    assert s3.cells(1e9) == pytest.approx(5e5)  # 1 mm³ of 2000 µm³ cells
+    assert s3.in_cells(Size(1e6, "um**3")) == pytest.approx(500.0)
+    assert s3.in_cells(Size(7.0, "cell")) == 7.0
+    with pytest.raises(ValueError, match="slice thickness"):
+        cell_scale(2, thickness=None, cell_volume=3000.0)
+
+
+def test_detectable_is_at_or_above_the_limit():
+    s = cell_scale(3, None, 3000.0)
+    limit = Size(10.0, "cell")
+    assert detectable(3e4, limit, s) and not detectable(3e4 * (1 - 1e-9), limit, s)
+    assert detectable(3e4, Size(3e4, "um**3"), s) and not detectable(2.9e3, Size(3e3, "um**3"), s)
+
+
+@pytest.mark.parametrize("text, value, unit", [
+    ("100 cell", 100.0, "cell"), ("1e3 cells", 1e3, "cell"), ("1 mm**3", 1e9, "um**3"),
+    ("2e4 um^3", 2e4, "um**3"), ("1 pL", 1e3, "um**3"), (0, 0.0, "cell"),
+])
+def test_tumour_sizes_are_cells_or_volumes(text, value, unit):
+    size = TreatmentSpec(detection_limit=text).detection_limit
+    assert (size.unit, size.value) == (unit, pytest.approx(value))
+    again = TreatmentSpec.model_validate(TreatmentSpec(detection_limit=text).model_dump(mode="json"))
+    assert again.detection_limit == size
+
+
+@pytest.mark.parametrize("text, message", [
+    (5, "a bare number is ambiguous"), ("5", "a bare number is ambiguous"),
+    ("3 um**2", "has dimension"), ("2 hour", "has dimension"), ("-1 cell", ">= 0"),
+    ("9**9**9 cell", "powers must be small"),
+])
+def test_tumour_size_errors(text, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        TreatmentSpec(detection_limit=text)
+
+
+def test_no_progression_is_called_on_a_burden_below_the_detection_limit():
+    # what the issue saw: 2e-17 "above 1.2 × nadir 5e-24"; with cells counted, both are nothing
+    p = Protocol(treatment(2, detection_limit="1 cell", stop={"on_cure": False}), scale=CELLS)
+    p.start(0.0, 100.0)
+    d = run(p, [5e-24, 2e-17, 0.9, 50.0])
+    assert [x.progression for x in d] == [False, False, False, True]
+    assert kinds(d[0]) == ["assessment", "cure"]       # the cure is an event, logged once
+    assert kinds(d[1]) == ["assessment"] and kinds(d[2]) == ["assessment"]
+    assert all("not detectable" in x.events[0].reason for x in d[:3])
+    assert [r.outcome for r in p.history[1:4]] == ["not detectable"] * 3
+    # a relapse to a detectable burden is judged against the nadir: progression, next line
+    assert d[3].new_line.name == "line2" and "detectable" not in d[3].events[1].reason
+    assert d[3].events[0].data["cells"] == 50.0 and d[3].events[0].data["detectable"] is True
+
+
+def test_the_resistant_fraction_rule_needs_a_detectable_tumour_too():
+    p = Protocol(treatment(2, progression={"resistant_fraction": 0.5}, detection_limit="10 cell",
+                           stop={"on_cure": False}), scale=CELLS)
+    p.start(0.0, 100.0)
+    d = run(p, [5.0, 20.0], resistant=[0.99, 0.99])
+    assert [x.progression for x in d] == [False, True]
+
+
+def test_a_volume_detection_limit_counts_in_cells_of_the_declared_volume():
+    scale = cell_scale(2, thickness=20.0, cell_volume=2000.0)  # one cell = 100 µm² of slice
+    p = Protocol(treatment(1, detection_limit="1e5 um**3"), scale=scale)  # 50 cells = 5000 µm²
+    p.start(0.0, 1e5)
+    assert not p.assess(p.next_assessment(), 5001.0).stop
+    d = p.assess(p.next_assessment(), 4999.0)
+    assert d.stop and kinds(d) == ["assessment", "cure", "stop"]
+    assert d.events[0].data["detection_limit_cells"] == pytest.approx(50.0)
+
+
+def test_min_increase_in_cells_needs_a_scale():
+    with pytest.raises(ValueError, match="CellScale"):
+        Protocol(treatment(1, progression={"min_increase": "5 cell"}))
 
 
 def test_assessments_land_on_the_schedule_even_slightly_off():

@@ -91,21 +91,21 @@ def test_hypoxia():
 # Kill rates, mechanism by mechanism
 
 DRUGS = {
-    "dox": {"class": "dna_damaging", "emax": 0.10, "ec50": 0.5, "pgp_substrate": True, "factor_protection": 0.6},
-    "pac": {"class": "antimitotic", "emax": 0.08, "ec50": 0.05, "hill": 2.0, "pgp_substrate": True,
+    "dox": {"class": "dna_damaging", "emax": "0.10 1/hour", "ec50": "0.5 uM", "pgp_substrate": True, "factor_protection": 0.6},
+    "pac": {"class": "antimitotic", "emax": "0.08 1/hour", "ec50": "0.05 uM", "hill": 2.0, "pgp_substrate": True,
             "cycle_dependent": True},
-    "erl": {"class": "targeted", "emax": 0.06, "ec50": 0.2, "hill": 1.5, "target": "EGFR"},
-    "tar": {"class": "pgp_inhibitor", "pgp_inhibition": 0.9, "ec50": 0.1},
-    "met_ab": {"class": "factor_blocker", "ec50": 1.0, "hill": 2.0},
-    "nivo": {"class": "checkpoint_inhibitor", "emax": 0.5},
+    "erl": {"class": "targeted", "emax": "0.06 1/hour", "ec50": "0.2 uM", "hill": 1.5, "target": "EGFR"},
+    "tar": {"class": "pgp_inhibitor", "pgp_inhibition": 0.9, "ec50": "0.1 uM"},
+    "met_ab": {"class": "factor_blocker", "ec50": "1.0 uM", "hill": 2.0},
+    "nivo": {"class": "checkpoint_inhibitor", "emax": "0.5 1/hour"},
 }
 CLONES = {
-    "sens": {"growth": 0.6},
-    "t790m": {"growth": 0.5, "ec50_shift": {"erl": 50}},
-    "met": {"growth": 0.5, "bypass": {"EGFR": 0.7}},
-    "mdr": {"growth": 0.45, "pgp_vmax": 300},
-    "brca": {"growth": 0.5, "repair": 0.6},
-    "calm": {"growth": 0.5, "factor_sensitivity": 0.25},
+    "sens": {"growth": "0.6 1/day"},
+    "t790m": {"growth": "0.5 1/day", "ec50_shift": {"erl": 50}},
+    "met": {"growth": "0.5 1/day", "bypass": {"EGFR": 0.7}},
+    "mdr": {"growth": "0.45 1/day", "pgp_vmax": "300 uM/hour"},
+    "brca": {"growth": "0.5 1/day", "repair": 0.6},
+    "calm": {"growth": "0.5 1/day", "factor_sensitivity": 0.25},
 }
 KS, OHALF = 0.01, 5.0
 ORDER = list(DRUGS)
@@ -113,7 +113,7 @@ ORDER = list(DRUGS)
 
 def specs(clones=CLONES, drugs=DRUGS, **section):
     cl = ClonesSpec.model_validate({"clones": clones, **section})
-    dr = {n: DrugSpec.model_validate({"diffusivity": 16, **d}) for n, d in drugs.items()}
+    dr = {n: DrugSpec.model_validate({"diffusivity": "16 um**2/s", **d}) for n, d in drugs.items()}
     return cl, dr
 
 
@@ -154,7 +154,7 @@ def test_bypass_scales_the_emax_of_targeted_drugs_on_its_pathway():
     assert k["met"] == pytest.approx((1 - 0.7) * 0.06 * A(0.3, 0.2, 1.5))
     assert rates(levels(dox=0.4))["met"] == pytest.approx(0.10 * A(0.4, 0.5, 1))
     # named by drug instead of target: the same
-    by_drug = dict(CLONES, met={"growth": 0.5, "bypass": {"erl": 0.7}})
+    by_drug = dict(CLONES, met={"growth": "0.5 1/day", "bypass": {"erl": 0.7}})
     assert rates(levels(erl=0.3), clones=by_drug)["met"] == pytest.approx(k["met"])
 
 
@@ -237,12 +237,12 @@ def test_kill_rates_over_many_dofs_and_blocks():
 DAY = 24.0
 WELL_MIXED = {
     "clones": {
-        "sensitive": {"growth": 0.7, "initial": 0.3, "immune_kill": 0.004},
-        "t790m": {"growth": 0.55, "ec50_shift": {"erl": 40}, "initial": 2e-4},
-        "mdr": {"growth": 0.5, "pgp_vmax": 300, "immune_kill": 0.002},
+        "sensitive": {"growth": "0.7 1/day", "initial": 0.3, "immune_kill": "0.004 1/hour"},
+        "t790m": {"growth": "0.55 1/day", "ec50_shift": {"erl": 40}, "initial": 2e-4},
+        "mdr": {"growth": "0.5 1/day", "pgp_vmax": "300 uM/hour", "immune_kill": "0.002 1/hour"},
     },
     "mutation": {"sensitive": {"t790m": 1e-3, "mdr": 5e-4}, "t790m": {"mdr": 2e-4}},
-    "necrosis": {"rate": "0.3 1/day", "threshold": 1.0},
+    "necrosis": {"rate": "0.3 1/day", "threshold": "1.0 uM"},
 }
 MIX_DRUGS = {k: DRUGS[k] for k in ("dox", "pac", "erl")}
 # three uniform conditions, one per dof: the targeted drug at full oxygen; the P-gp substrates
@@ -380,7 +380,7 @@ def test_full_tissue_without_loss_does_not_change(kernel):
 
 @BOTH
 def test_pure_kill_is_exact_and_pure_growth_is_logistic(kernel):
-    cl, dr = specs({"a": {"growth": 0.6}}, {"dox": DRUGS["dox"]})
+    cl, dr = specs({"a": {"growth": "0.6 1/day"}}, {"dox": DRUGS["dox"]})
     rx = CloneReactions.from_specs(cl, dr, 3, kernel=kernel)
     g = 0.6 / DAY
     N0 = np.array([[1e-3, 0.2, 0.9]])

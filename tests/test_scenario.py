@@ -1,5 +1,6 @@
 """Scenario validation: units converted once, and one-line errors naming the key path."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,23 +39,41 @@ def test_units_are_converted_once_to_base_units(minimal):
 
 @pytest.mark.parametrize("text, base, default, expected", [
     ("16 um^2/s", "um**2/hour", "um**2/s", 57600.0),
-    (16, "um**2/hour", "um**2/s", 57600.0),
     ("0.5 nm", "um", "nm", 5e-4),
     ("3 day", "hour", "hour", 72.0),
     ("2 mM", "uM", "uM", 2000.0),
     ("50 %", "dimensionless", "dimensionless", 0.5),
-    ("0.3", "1/hour", "1/day", 0.3 / 24),
+    ("0.3 1/day", "1/hour", "1/day", 0.3 / 24),
+    ("0.3", "dimensionless", "dimensionless", 0.3),
+    (0, "hour", "hour", 0.0),  # zero is zero in every unit
 ])
 def test_parse_quantity(text, base, default, expected):
     assert parse_quantity(text, base, default) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("value, base, unit, message", [
+    (200, "hour", "hour", "a bare number is ambiguous; write e.g. '200 hour' or '200 day'"),
+    ("16", "um**2/hour", "um**2/s", "a bare number is ambiguous; write e.g. '16 um**2/s'"),
+    ("9**9**9 hour", "hour", "hour", "powers must be small plain numbers"),
+    ("10**400 hour", "hour", "hour", "powers must be small plain numbers"),
+    ("(2**12)**12 hour", "hour", "hour", "powers must be small plain numbers"),
+    ("1e400 hour", "hour", "hour", "is not a finite number"),
+    ("1e308 day", "hour", "hour", "is not a finite number"),
+    ("1" * 500 + " hour", "hour", "hour", "too long"),
+    ("1/0 hour", "hour", "hour", "cannot read"),
+    ("50 %", "hour", "hour", "has dimension dimensionless"),
+])
+def test_parse_quantity_refuses(value, base, unit, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_quantity(value, base, unit)
+
+
 @pytest.mark.parametrize("override, expected", [
-    ("drugs.dox.difusivity=3", "drugs.dox.difusivity: unknown key (did you mean 'diffusivity'?)"),
+    ("drugs.dox.difusivity=3", "drugs.dox.difusivity: unknown key 'difusivity' (did you mean 'diffusivity'?)"),
     ("drugs.dox.diffusivity=5 hour", "drugs.dox.diffusivity: '5 hour' has dimension [time]"),
-    ("mesh.sise=3", "mesh.sise: unknown key (did you mean 'size'?); valid keys here: cells, kind, origin, regions, size"),
+    ("mesh.sise=3", "mesh.sise: unknown key 'sise' (did you mean 'size'?); valid keys here: cells, kind, origin, regions, size, thickness, unit"),
     ("treatment.lines.0.regimen.0.drug=x", "treatment.lines.0.regimen.0.drug: unknown drug 'x'; defined drugs: dox"),
-    ("time.end=-1 day", "time.end: Input should be greater than or equal to 0"),
+    ("time.end=-1 day", "time.end: Input should be greater than 0"),
     ("mesh.kind=sphere", "mesh: Input tag 'sphere'"),
     ("drugs.dox.class=magic", "drugs.dox.class: Input should be"),
     ("drugs.dox.decay=fast", "drugs.dox.decay: cannot read 'fast' as a quantity"),
@@ -98,7 +117,7 @@ def test_override_paths(minimal):
 def test_resolved_yaml_round_trips_with_units(minimal, tmp_path):
     s = sc.load(minimal)
     text = sc.resolved_yaml(s)
-    assert "57600.0 um**2/hour" in text
+    assert "diffusivity: 16.0 um**2/s" in text
     p = tmp_path / "resolved.yaml"
     p.write_text(text)
     assert sc.load(p) == s
@@ -121,7 +140,7 @@ def test_cli_validate_one_line_and_nonzero(minimal, override, key):
 
 def test_cli_validate_ok_and_schema(minimal):
     p = _tme("validate", str(minimal))
-    assert p.returncode == 0 and "diffusivity: 57600.0 um**2/hour" in p.stdout
+    assert p.returncode == 0 and "diffusivity: 16.0 um**2/s" in p.stdout
     p = _tme("schema")
     assert p.returncode == 0 and '"drugs"' in p.stdout
     p = _tme("--version")

@@ -43,7 +43,7 @@ def spec(**regions) -> TissueSpec:
 def test_numbers_and_quantities_per_region(comm):
     d = domain(comm)
     tf = tissue.build(spec(tumour={"vascular_density": "20 1/mm", "ecm_fraction": "30 %", "caf_density": 0.5},
-                           tissue={"vascular_density": 0.01}), d)
+                           tissue={"vascular_density": "0.01 1/um"}), d)
     area = 100.0 * 100.0
     t, rest = d.regions["tumour"], d.regions["tissue"]
     assert integral(d, tf.vascular_density, t) == pytest.approx(0.02 * area)
@@ -92,9 +92,9 @@ def test_expression_in_its_unit(comm):
      "tissue.regions.tumour.ecm_fraction: must lie in [0, 1); got -0.9833 to -0.01667"),
     ({"tumour": {"caf_density": {"expression": "log(x)", "unit": "1"}}},
      "tissue.regions.tumour.caf_density: gives values that are not finite"),
-    ({"tumour": {"ecm_fraction": {"mean": 0.6, "cv": 1.0, "correlation_length": 20}}},
+    ({"tumour": {"ecm_fraction": {"mean": 0.6, "cv": 1.0, "correlation_length": "20 um"}}},
      "(lower the mean or cv of the random field)"),
-    ({"tumour": {"ecm_fraction": {"mean": "2 1/um", "correlation_length": 20}}},
+    ({"tumour": {"ecm_fraction": {"mean": "2 1/um", "correlation_length": "20 um"}}},
      "tissue.regions.tumour.ecm_fraction.mean: '2 1/um' has dimension"),
 ])
 def test_errors_name_the_key(comm, regions, message):
