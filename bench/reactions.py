@@ -31,28 +31,28 @@ def example_specs(every_mechanism: bool = False) -> tuple[ClonesSpec, dict[str, 
     Used by :func:`benchmark` and the tests."""
     clones = ClonesSpec.model_validate({
         "clones": {
-            "sensitive": {"growth": "0.6 1/day", "initial": 0.5, "immune_kill": 0.02},
+            "sensitive": {"growth": "0.6 1/day", "initial": 0.5, "immune_kill": "0.02 1/hour"},
             "t790m": {"growth": "0.5 1/day", "ec50_shift": {"erlotinib": 50}, "initial": 0.01},
-            "mdr": {"growth": "0.45 1/day", "pgp_vmax": 400, "initial": 0.01},
+            "mdr": {"growth": "0.45 1/day", "pgp_vmax": "400 uM/hour", "initial": 0.01},
             "repair": {"growth": "0.5 1/day", "repair": 0.6, "factor_sensitivity": 0.5},
         },
         "mutation": {"sensitive": {"t790m": 1e-4, "mdr": 1e-4, "repair": 1e-4}},
-        "necrosis": {"rate": 0.05, "threshold": 1.0},
+        "necrosis": {"rate": "0.05 1/hour", "threshold": "1.0 uM"},
     })
-    base = {"diffusivity": 16}
+    base = {"diffusivity": "16 um**2/s"}
     specs = {
-        "doxorubicin": {"class": "dna_damaging", "emax": 0.1, "ec50": 0.5, "pgp_substrate": True,
+        "doxorubicin": {"class": "dna_damaging", "emax": "0.1 1/hour", "ec50": "0.5 uM", "pgp_substrate": True,
                         "factor_protection": 0.5},
-        "paclitaxel": {"class": "antimitotic", "emax": 0.08, "ec50": 0.05, "hill": 2.0,
+        "paclitaxel": {"class": "antimitotic", "emax": "0.08 1/hour", "ec50": "0.05 uM", "hill": 2.0,
                        "pgp_substrate": True, "cycle_dependent": True},
-        "erlotinib": {"class": "targeted", "emax": 0.06, "ec50": 0.2, "target": "EGFR",
+        "erlotinib": {"class": "targeted", "emax": "0.06 1/hour", "ec50": "0.2 uM", "target": "EGFR",
                       "factor_protection": 0.8},
     }
     if every_mechanism:
         specs.update({
-            "tariquidar": {"class": "pgp_inhibitor", "ec50": 0.1, "pgp_inhibition": 0.9},
-            "anti_met": {"class": "factor_blocker", "ec50": 0.05, "hill": 1.5},
-            "vinca": {"class": "antimitotic", "emax": 0.05, "ec50": 0.02, "hill": 1.3,
+            "tariquidar": {"class": "pgp_inhibitor", "ec50": "0.1 uM", "pgp_inhibition": 0.9},
+            "anti_met": {"class": "factor_blocker", "ec50": "0.05 uM", "hill": 1.5},
+            "vinca": {"class": "antimitotic", "emax": "0.05 1/hour", "ec50": "0.02 uM", "hill": 1.3,
                       "pgp_substrate": True, "cycle_dependent": True},
         })
     return clones, {name: DrugSpec.model_validate({**base, **spec}) for name, spec in specs.items()}

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, Discriminator, Field, Tag, ValidationError,
+                      model_validator)
 
 from .clones import CELL_VOLUME, ClonesSpec, check_references as check_clones
 from .drugs import DrugSpec
@@ -80,23 +81,23 @@ class _MeshKind(Spec):
         if not isinstance(unit, str):
             return data
 
-        def with_unit(v):
-            if isinstance(v, bool):
-                return v
-            if isinstance(v, (int, float)):
-                return f"{v!r} {unit}"
-            if isinstance(v, list):
-                return [with_unit(x) for x in v]
-            return v
-
-        out = dict(data)
-        for key in cls._lengths:
-            if key in out:
-                out[key] = with_unit(out[key])
+        out = _with_unit(data, cls._lengths, unit)
         if isinstance(out.get("vessels"), list):
-            out["vessels"] = [{k: with_unit(x) for k, x in v.items()} if isinstance(v, dict) else v
-                              for v in out["vessels"]]
+            out["vessels"] = [_with_unit(v, ("center", "radius"), unit) for v in out["vessels"]]
         return out
+
+
+def _with_unit(data: Any, keys: tuple[str, ...], unit: str) -> Any:
+    """``data`` with the bare numbers under ``keys`` (or in lists there) written in ``unit``."""
+    if not isinstance(data, dict):
+        return data
+
+    def with_unit(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return f"{v!r} {unit}"
+        return [with_unit(x) for x in v] if isinstance(v, list) else v
+
+    return {k: with_unit(v) if k in keys else v for k, v in data.items()}
 
 
 class _Slice(_MeshKind):
@@ -126,7 +127,12 @@ class BuiltinMesh(_Slice):
 
 class Vessel(Spec):
     """A circular vessel cross-section (2-D) whose wall is tagged ``vessel_wall``; bare numbers
-    are in the slice's ``unit``."""
+    are in the slice's ``unit`` (µm for a vessel declared on its own)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_in_um(cls, data: Any) -> Any:
+        return _with_unit(data, ("center", "radius"), MESH_UNIT)
 
     center: list[Quantity("um")]
     radius: Length
@@ -216,7 +222,21 @@ class RandomField(Spec):
     seed: int = 0
 
 
-PropertyValue = Union[float, str, ExpressionField, RandomField]
+def _property_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "random" if "mean" in value or "correlation_length" in value else "expression"
+    if isinstance(value, (ExpressionField, RandomField)):
+        return "random" if isinstance(value, RandomField) else "expression"
+    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else "text"
+
+
+#: A tissue property: a number or quantity, an expression with its unit, or a random field. The
+#: form is chosen from the value, so that an error names the key, not every form it could be.
+PropertyValue = Annotated[Union[Annotated[float, Tag("number")], Annotated[str, Tag("text")],
+                                Annotated[ExpressionField, Tag("expression")],
+                                Annotated[RandomField, Tag("random")]],
+                          Discriminator(_property_kind)]
+_PROPERTY_FORMS = {"number", "text", "expression", "random"}
 
 #: tissue property -> (base unit, unit it is written in, lower bound, upper bound (exclusive) or None)
 PROPERTIES = {
@@ -235,33 +255,40 @@ class RegionTissue(Spec):
     ecm_fraction: PropertyValue = Field(0.0, description="ECM fibre volume fraction phi [-]")
     caf_density: PropertyValue = Field(0.0, description="activated CAF density rho_CAF [-]")
 
-    @field_validator(*PROPERTIES)
-    @classmethod
-    def _readable(cls, value, info):
-        # read here what can be read without the mesh, so that a bad unit fails at validation
-        base, unit, low, high = PROPERTIES[info.field_name]
-        if isinstance(value, ExpressionField):
-            try:
-                parse_quantity(f"1 {value.unit}", base, unit)
-            except ValueError:
-                raise ValueError(f"unit {value.unit!r} is not a unit of this property "
-                                 f"(expected e.g. '{unit}')") from None
-            return value
-        try:
-            number = parse_quantity(value.mean if isinstance(value, RandomField) else value, base, unit)
-        except ValueError as exc:
-            raise ValueError(f"mean: {exc}" if isinstance(value, RandomField) else str(exc)) from None
-        if number < low or (high is not None and number >= high and not isinstance(value, RandomField)):
-            valid = f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}"
-            raise ValueError(f"must be {valid}; got {value!r}")
-        return value
-
 
 class TissueSpec(Spec):
     """Tissue of every region; properties per region, as a number, expression or random field."""
 
     fibre_radius: Quantity("um", "nm", gt=0, description="ECM fibre radius r_f (Ogston)") = "1.5 nm"
     regions: dict[Name, RegionTissue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _readable(self):
+        # read here what can be read without the mesh, so that a bad unit fails at validation
+        for name, region in self.regions.items():
+            for prop, (base, unit, low, high) in PROPERTIES.items():
+                _check_property(getattr(region, prop), base, unit, low, high,
+                                f"tissue.regions.{name}.{prop}")
+        return self
+
+
+def _check_property(value, base: str, unit: str, low: float, high: float | None, key: str) -> None:
+    if isinstance(value, ExpressionField):
+        try:
+            parse_quantity(f"1 {value.unit}", base, unit)
+        except ValueError:
+            raise ValueError(at(f"{key}.unit", f"{value.unit!r} is not a unit of this property "
+                                               f"(expected e.g. '{unit}')")) from None
+        return
+    if isinstance(value, RandomField):
+        key, value = f"{key}.mean", value.mean
+    try:
+        number = parse_quantity(value, base, unit)
+    except ValueError as exc:
+        raise ValueError(at(key, str(exc))) from None
+    if number < low or (high is not None and number >= high and not key.endswith(".mean")):
+        valid = f"lie in [{low:g}, {high:g})" if high is not None else f"be >= {low:g}"
+        raise ValueError(at(key, f"must {valid}; got {number:.4g}"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,10 +459,6 @@ class Scenario(Spec):
                 did = f" (did you mean '{hint[0]}'?)" if hint else ""
                 raise ValueError(at(f"output.snapshots.fields.{k}", f"no field {name!r}{did}; fields "
                                                                    f"of this scenario: {', '.join(valid)}"))
-        for k, t in enumerate(snaps.times or []):
-            if t > self.time.end:
-                raise ValueError(at(f"output.snapshots.times.{k}", f"{t:g} hour is after time.end "
-                                                                   f"({self.time.end:g} hour)"))
 
     def species_names(self) -> list[str]:
         """The transported fields, in the order the run builds them."""
@@ -612,6 +635,8 @@ def _strip_union_tags(loc: list[str]) -> list[str]:
     out, model = [], Scenario
     for part in loc:
         if model is not None and _is_tag(model, out, part):
+            continue
+        if part in _PROPERTY_FORMS and out and out[-1] in PROPERTIES:  # the form of a tissue property
             continue
         out.append(part)
     return out

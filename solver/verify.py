@@ -86,7 +86,7 @@ def slab(comm, n_list=(25, 50, 100)) -> Result:
         dom = meshes.build(BuiltinMesh(kind="rectangle", size=[L, L / 10], cells=[n, max(2, n // 10)],
                                        origin=[0.0, 0.0]), comm)
         model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k,
-                             boundary={"left": BoundaryValue(value=c0)},
+                             boundary={"left": BoundaryValue(value=f"{c0!r} uM")},
                              boundary_facets={"left": dom.facet("left", "verify")})
         c = _steady(model, dom)
         x = c.function_space.tabulate_dof_coordinates()[:, 0]
@@ -120,7 +120,7 @@ def krogh(comm, wall="dirichlet", h_list=(5.0, 2.5, 1.25)) -> Result:
         wall_tags = dom.facet("vessel_wall", "verify")
         if wall == "dirichlet":
             model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k,
-                                 boundary={"vessel_wall": BoundaryValue(value=cv)},
+                                 boundary={"vessel_wall": BoundaryValue(value=f"{cv!r} uM")},
                                  boundary_facets={"vessel_wall": wall_tags})
         else:
             model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k, permeability=P,
@@ -141,7 +141,7 @@ def spheroid(comm, h=12.0) -> Result:
     r = ufl.sqrt(ufl.dot(x, x)) + 1e-12
     exact = c0 * (R / r) * ufl.sinh(r / lam) / math.sinh(R / lam)
     model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k,
-                         boundary={"outer": BoundaryValue(value=c0)},
+                         boundary={"outer": BoundaryValue(value=f"{c0!r} uM")},
                          boundary_facets={"outer": dom.facet("outer", "verify")})
     c = _steady(model, dom, solver="amg")
     res = Result("spheroid, sinh profile (3-D)", sizes=[h], errors=[_rel_l2(c, exact)], threshold="< 2 %")
@@ -438,7 +438,7 @@ def mass_balance(comm, n=24, steps=12, scheme="backward_euler") -> Result:
     plasma = lambda t0, t1: 2.0 * math.exp(-0.1 * t0) if t1 > t0 else 0.0  # noqa: E731
     model = SpeciesModel("c", fem.Constant(msh, 800.0), decay=0.05, uptake=0.3, permeability=3.0,
                          vascular_density=sv, plasma=plasma, wall_facets=dom.facet("left", "verify"),
-                         boundary={"right": BoundaryValue(value=0.1, robin=5.0),
+                         boundary={"right": BoundaryValue(value="0.1 uM", robin="5 um/s"),
                                    "top": BoundaryValue(plasma=True, plasma_fraction=0.5, robin="2 um/hour")},
                          boundary_facets={"right": dom.facet("right", "verify"),
                                           "top": dom.facet("top", "verify")})
@@ -474,14 +474,14 @@ def ecm_hindrance(comm, n=200) -> Result:
     radii = {"small drug (0.5 nm)": 0.5e-3, "antibody (5 nm)": 5.0e-3}
     dom = meshes.build(BuiltinMesh(kind="rectangle", size=[L, 10.0], cells=[n, 2], origin=[0.0, 0.0],
                                    regions=[RegionRule(name="dense_ecm", where="x >= 0")]), comm)
-    tf = build_tissue(TissueSpec(fibre_radius=rf, regions={"dense_ecm": RegionTissue(ecm_fraction=phi)}), dom)
+    tf = build_tissue(TissueSpec(fibre_radius=f"{rf!r} um", regions={"dense_ecm": RegionTissue(ecm_fraction=phi)}), dom)
     res = Result("ECM hindrance: penetration length vs sqrt(D_eff/k)", measure="rel error of λ",
                  threshold="< 2 % each; antibody < small")
     lengths = {}
     for label, r in radii.items():
         D_eff = D0 * float(hindrance(np.array(phi), r, rf))
         model = SpeciesModel("c", diffusivity(D0, r, tf, rf, "c"), decay=k,
-                             boundary={"left": BoundaryValue(value=1.0)},
+                             boundary={"left": BoundaryValue(value="1.0 uM")},
                              boundary_facets={"left": dom.facet("left", "verify")})
         c = _steady(model, dom)
         # measured penetration length: where the profile falls to 1/e (interpolated)

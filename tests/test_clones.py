@@ -68,14 +68,15 @@ SECTION = {
 def test_units_and_defaults():
     spec = ClonesSpec.model_validate(SECTION)
     c = spec.clones
-    assert c["sensitive"].growth == pytest.approx(0.6 / DAY)        # a bare growth is per day
+    assert c["sensitive"].growth == pytest.approx(0.6 / DAY)        # 1/day -> 1/hour
     assert c["t790m"].growth == pytest.approx(0.5 / DAY)
     assert c["t790m"].initial == pytest.approx(0.01)
     assert c["mdr"].pgp_vmax == pytest.approx(6.4 * 60)             # µM/min -> µM/hour
     assert c["brca"].repair == pytest.approx(0.6)
     assert c["met"].initial == 0.0 and c["met"].factor_sensitivity == 1.0
     assert spec.pgp_km == 1.5 and spec.motility == 0.0 and spec.necrosis is None
-    assert ClonesSpec(motility=1).motility == pytest.approx(3600.0)  # µm²/s -> µm²/h
+    assert ClonesSpec(motility="1 um**2/s").motility == pytest.approx(3600.0)  # µm²/s -> µm²/h
+    assert ClonesSpec().cell_volume == pytest.approx(3000.0)  # µm³
     assert list(c) == ["sensitive", "t790m", "met", "mdr", "brca"]  # order kept
 
 
@@ -85,11 +86,11 @@ def test_mechanism_is_derived_from_traits_unless_given():
                                  "mdr": "pgp", "brca": "dna_repair"}
     assert spec.resistant() == [False, True, True, True, True]
     # a fold-shift of 1 and a zero bypass are no resistance
-    assert CloneSpec(growth=1, ec50_shift={"dox": 1.0}, bypass={"EGFR": 0}).mechanism is None
+    assert CloneSpec(growth="1 1/day", ec50_shift={"dox": 1.0}, bypass={"EGFR": 0}).mechanism is None
     # several traits: the first of target_mutation, bypass, pgp, dna_repair
-    assert CloneSpec(growth=1, repair=0.3, pgp_vmax=10).mechanism == "pgp"
-    assert CloneSpec(growth=1, repair=0.3, mechanism="caf_shield").mechanism == "caf_shield"
-    assert CloneSpec(growth=1, pgp_vmax=10, mechanism=None).mechanism is None
+    assert CloneSpec(growth="1 1/day", repair=0.3, pgp_vmax="10 uM/hour").mechanism == "pgp"
+    assert CloneSpec(growth="1 1/day", repair=0.3, mechanism="caf_shield").mechanism == "caf_shield"
+    assert CloneSpec(growth="1 1/day", pgp_vmax="10 uM/hour", mechanism=None).mechanism is None
 
 
 def test_mutation_matrix_rows_are_from_clones():
@@ -128,12 +129,13 @@ def with_clone(name, **traits):
 
 
 @pytest.mark.parametrize("section, expected", [
-    (with_clone("r", growth=-0.1), "clones.clones.r.growth: Input should be greater than or equal to 0"),
+    (with_clone("r", growth="-0.1 1/day"), "clones.clones.r.growth: Input should be greater than or equal to 0"),
+    (with_clone("r", growth=0.5), "clones.clones.r.growth: a bare number is ambiguous; write e.g. '0.5 1/day'"),
     (with_clone("r", growth="2 um"), "clones.clones.r.growth: '2 um' has dimension [length]"),
     (with_clone("r", repair=1.0), "clones.clones.r.repair: Input should be less than 1"),
     (with_clone("r", ec50_shift={"dox": 0.5}), "clones.clones.r.ec50_shift.dox: Input should be greater than or equal to 1"),
     (with_clone("r", bypass={"EGFR": 1.5}), "clones.clones.r.bypass.EGFR: Input should be less than or equal to 1"),
-    (with_clone("r", pgp_vmax=-1), "clones.clones.r.pgp_vmax: Input should be greater than or equal to 0"),
+    (with_clone("r", pgp_vmax="-1 uM/hour"), "clones.clones.r.pgp_vmax: Input should be greater than or equal to 0"),
     (with_clone("r", immune_kill="-1 1/hour"), "clones.clones.r.immune_kill: Input should be greater than or equal to 0"),
     (with_clone("r", factor_sensitivity=2), "clones.clones.r.factor_sensitivity: Input should be less than or equal to 1"),
     (with_clone("r", initial=1.5), "clones.clones.r.initial: 1.5 is not a volume fraction between 0 and 1"),
@@ -187,7 +189,8 @@ def test_initial_regions_are_checked_when_the_mesh_is_known():
 
 
 def test_doubling_times_of_the_documented_range():
-    # 1-3 days doubling is ln2/3 .. ln2 per day: bare numbers in that range read as such
-    spec = ClonesSpec.model_validate({"clones": {"fast": {"growth": math.log(2)}, "slow": {"growth": math.log(2) / 3}}})
+    # 1-3 days doubling is ln2/3 .. ln2 per day
+    spec = ClonesSpec.model_validate({"clones": {"fast": {"growth": f"{math.log(2)!r} 1/day"},
+                                                 "slow": {"growth": f"{math.log(2) / 3!r} 1/day"}}})
     assert math.log(2) / spec.clones["fast"].growth == pytest.approx(DAY)
     assert math.log(2) / spec.clones["slow"].growth == pytest.approx(3 * DAY)

@@ -291,7 +291,7 @@ def test_meshio_file_with_integer_cell_data_and_scale(comm, tmp_path):
         meshio.write(folder / "slice.vtu", meshio.Mesh(m.points / 1000.0, cells, cell_data={"zone": data}))
         meshio.write(folder / "plain.vtu", meshio.Mesh(m.points, [b for b in m.cells if b.type == "triangle"]))
     comm.barrier()
-    d = meshes.build(FileMesh(kind="file", path=folder / "slice.vtu", scale=1000.0), comm)
+    d = meshes.build(FileMesh(kind="file", path=folder / "slice.vtu", unit="mm"), comm)
     ref = meshes.build(FileMesh(kind="file", path=SHIPPED), comm)
     assert d.regions == {f"tag_{v}": v for v in ref.regions.values()}
     for name, v in ref.regions.items():

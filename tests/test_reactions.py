@@ -349,7 +349,7 @@ def random_states(rng, n):
 def test_positive_and_below_capacity_for_any_step(emax, kernel):
     rng = np.random.default_rng(7)
     n = 200
-    drugs = {k: dict(v, emax=emax) if "emax" in v else v for k, v in MIX_DRUGS.items()}
+    drugs = {k: dict(v, emax=f"{emax} 1/hour") if "emax" in v else v for k, v in MIX_DRUGS.items()}
     cl, dr = specs(WELL_MIXED["clones"], drugs, mutation=WELL_MIXED["mutation"],
                    necrosis=WELL_MIXED["necrosis"])
     c = rng.uniform(0, 5, (3, n))

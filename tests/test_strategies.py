@@ -106,7 +106,7 @@ def check_progression(scen, res: Outputs, event: dict) -> None:
     prog = scen.treatment.progression
     d = event["data"]
     assert "burden" in d["rules"]
-    assert d["burden"] > (1 + prog.increase) * d["nadir"] and d["burden"] - d["nadir"] > prog.min_increase
+    assert d["burden"] > (1 + prog.increase) * d["nadir"] and d["burden"] > d["threshold"]
     assert d["burden"] == pytest.approx(res.burden(event["time"]), rel=1e-12)
     assert event["time"] in [a["time"] for a in res.assessments(d["line"])]
     starts = [e for e in res.of("line_start") + res.of("switch") if e["data"]["name"] == d["line"]]

@@ -11,6 +11,7 @@ from dolfinx import mesh as dmesh  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from solver import meshes, tissue  # noqa: E402
+from solver import scenario as sc  # noqa: E402
 from solver.scenario import BuiltinMesh, RegionRule, TissueSpec  # noqa: E402
 from solver.spec import ScenarioError  # noqa: E402
 
@@ -98,10 +99,19 @@ def test_expression_in_its_unit(comm):
      "tissue.regions.tumour.ecm_fraction.mean: '2 1/um' has dimension"),
 ])
 def test_errors_name_the_key(comm, regions, message):
-    with pytest.raises(ScenarioError) as err:
-        tissue.build(spec(**regions), domain(comm))
-    assert message in str(err.value)
-    assert str(err.value).startswith("tissue.regions.")
+    # what can be read without the mesh is refused at validation, the rest when it is built
+    scenario = {"name": "t", "mesh": {"kind": "rectangle", "size": [200, 100], "cells": [4, 2]},
+                "time": {"end": "1 hour"}, "tissue": {"regions": regions}}
+    try:
+        sc.validate(scenario, source="s")
+    except ScenarioError as exc:
+        err = str(exc).removeprefix("s: ")
+    else:
+        with pytest.raises(ScenarioError) as exc:
+            tissue.build(spec(**regions), domain(comm))
+        err = str(exc.value)
+    assert message in err
+    assert err.startswith("tissue.regions.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,7 +124,7 @@ RANDOM = {"mean": "0.02 1/um", "cv": 0.5, "correlation_length": "30 um", "seed":
 def _functionals(comm):
     d = domain(comm, size=(300.0, 200.0), cells=(60, 40))
     tf = tissue.build(spec(tumour={"vascular_density": RANDOM},
-                           tissue={"vascular_density": dict(RANDOM, mean=0.01)}), d)
+                           tissue={"vascular_density": dict(RANDOM, mean="0.01 1/um")}), d)
     f = tf.vascular_density
     return [integral(d, f), integral(d, f * f), global_max(f),
             -comm.allreduce(float(-owned_values(f).min()), op=MPI.MAX)]
@@ -133,7 +143,7 @@ def test_random_field_mean_and_cv_on_a_large_domain(comm):
         pytest.skip("statistics of one realisation; serial")
     length, mean, cv = 20.0, 0.3, 0.4
     d = meshes.build(BuiltinMesh(kind="rectangle", size=[100 * length] * 2, cells=[100, 100]), comm)
-    tf = tissue.build(spec(tissue={"caf_density": {"mean": mean, "cv": cv, "correlation_length": length,
+    tf = tissue.build(spec(tissue={"caf_density": {"mean": mean, "cv": cv, "correlation_length": f"{length} um",
                                                    "seed": 3}}), d)
     v = owned_values(tf.caf_density)  # equal cell areas: a plain sample over the domain
     assert v.mean() == pytest.approx(mean, rel=0.05)
