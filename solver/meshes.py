@@ -133,10 +133,17 @@ def evaluate(expression: str, points: np.ndarray, key: str) -> np.ndarray:
     raises ScenarioError naming ``key``.
     """
     usable = f"usable names: {', '.join(_VARIABLES + tuple(_FUNCTIONS))}"
+    # Python computes integer constants exactly, so '9**9**9' or '1 << 10**9' would never end:
+    # the text and its literals are bounded, and every number becomes a float, whose arithmetic
+    # overflows to an error instead
+    if len(expression) > 2000:
+        raise ScenarioError(f"{key}: the expression has {len(expression)} characters; at most 2000")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise ScenarioError(f"{key}: {expression!r} is not a valid expression ({exc.msg})") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ScenarioError(f"{key}: {expression!r} is nested too deeply") from None
     for node in ast.walk(tree):
         if isinstance(node, (ast.Attribute, ast.Subscript, ast.Lambda, ast.comprehension, ast.NamedExpr)) or (
                 isinstance(node, ast.Name) and node.id.startswith("_")):
@@ -145,6 +152,18 @@ def evaluate(expression: str, points: np.ndarray, key: str) -> np.ndarray:
         if isinstance(node, ast.BoolOp):
             raise ScenarioError(f"{key}: {expression!r}: 'and'/'or' do not work on arrays; "
                                 "write (a) & (b), (a) | (b) or logical_and(a, b)")
+        if isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float)) or isinstance(node.value, complex):
+                raise ScenarioError(f"{key}: {expression!r}: {node.value!r} is not a number; an "
+                                    f"expression computes with numbers only")
+            if isinstance(node.value, int) and not isinstance(node.value, bool):
+                if abs(node.value) > 10 ** 18:
+                    raise ScenarioError(f"{key}: {expression!r}: the literal {node.value} is too large; "
+                                        f"write it as a float (e.g. 1e20)")
+                node.value = float(node.value)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.LShift, ast.RShift)):
+            raise ScenarioError(f"{key}: {expression!r}: shifts are not arithmetic of positions; "
+                                f"{usable}")
     pts = np.asarray(points, dtype=float).reshape(-1, 3)
     names = dict(_FUNCTIONS, x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], r=np.linalg.norm(pts, axis=1))
     try:
@@ -153,6 +172,9 @@ def evaluate(expression: str, points: np.ndarray, key: str) -> np.ndarray:
         value = np.broadcast_to(np.asarray(value), (pts.shape[0],))
     except NameError as exc:
         raise ScenarioError(f"{key}: {exc} in {expression!r}; {usable}") from None
+    except OverflowError:
+        raise ScenarioError(f"{key}: cannot evaluate {expression!r}: a number in it exceeds the "
+                            f"floating-point range (about 1e308)") from None
     except Exception as exc:  # any failure of the user's expression is a config error
         raise ScenarioError(f"{key}: cannot evaluate {expression!r} ({type(exc).__name__}: {exc})") from None
     if value.dtype.kind not in "biuf":
