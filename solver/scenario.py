@@ -562,8 +562,8 @@ def apply_override(data: dict, item: str) -> None:
     key = key.strip()
     parts = key.split(".")
     if not key or any(not p.strip() for p in parts):
-        what = "empty" if not key else f"{key!r} has an empty part"
-        raise ScenarioError(f"--set {item!r}: the key path is {what}; write e.g. time.end='10 day'")
+        what = "is empty" if not key else f"{key!r} has an empty part"
+        raise ScenarioError(f"--set {item!r}: the key path {what}; write e.g. time.end='10 day'")
     parts = [p.strip() for p in parts]
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
