@@ -453,7 +453,7 @@ class Protocol:
         reason = f"assessment of line {self.line.name}"
         if not seen:
             reason += (f": not detectable ({data['cells']:.3g} cells, below the detection limit "
-                       f"of {data['detection_limit_cells']:.3g})")
+                       f"of {data['detection_limit_cells']:.3g} cells)")
         events = [Event(t, "assessment", reason, data)]
         record = dict(time=t, line_index=self.index, line=self.line.name, burden=burden,
                       nadir=nadir, threshold=threshold, resistant_fraction=resistant_fraction)
