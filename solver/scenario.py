@@ -24,7 +24,8 @@ from .drugs import DrugSpec
 from .pk import dose_concentration
 from .protocol import CellScale, TreatmentSpec, cell_scale, check_references as check_treatment
 from .spec import BoundaryValue, Name, ScenarioError, Spec, at, located
-from .units import Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time, parse_quantity
+from .units import (Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time,
+                    parse_quantity, show)
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,8 +597,9 @@ def validate(data: dict, source: str = "scenario", base_dir: Path | None = None)
     except ValidationError as exc:
         raise ScenarioError(f"{source}: {_format(exc)}") from None
     if base_dir is not None and isinstance(scenario.mesh, FileMesh) and not scenario.mesh.path.is_absolute():
+        # absolute, so that config.resolved.yaml, read from the output directory, finds it too
         scenario = scenario.model_copy(update={"mesh": scenario.mesh.model_copy(
-            update={"path": (base_dir / scenario.mesh.path)})})
+            update={"path": (base_dir / scenario.mesh.path).resolve()})})
     return scenario
 
 
@@ -628,7 +630,27 @@ def _format(exc: ValidationError) -> str:
         return f"{key}: {msg}"
     value = err.get("input")
     shown = "" if isinstance(value, (dict, list)) or err["type"] == "value_error" else f" (got {value!r})"
+    unit = _quantity_units(loc)
+    if unit is not None and isinstance(value, float) and shown:
+        # a bound is checked on the value in base units: show it in the key's own unit
+        shown = f" (got {show(value, *unit)})"
     return f"{key}: {msg}{shown}"
+
+
+def _quantity_units(loc: list[str]) -> tuple[str, str] | None:
+    """(base unit, shown unit) of the quantity field at ``loc``, or None."""
+    parent = _unwrap(_annotation_at(loc[:-1]))
+    if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
+        return None
+    field = parent.model_fields.get(loc[-1]) if loc else None
+    stack = [field] if field is not None else []
+    while stack:
+        a = stack.pop()
+        for m in getattr(a, "metadata", None) or getattr(a, "__metadata__", ()):
+            if hasattr(m, "base") and hasattr(m, "unit"):
+                return m.base, m.unit
+        stack.extend(typing.get_args(getattr(a, "annotation", a)))
+    return None
 
 
 def _strip_union_tags(loc: list[str]) -> list[str]:

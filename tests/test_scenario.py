@@ -105,6 +105,71 @@ def test_bad_yaml_and_missing_file(tmp_path):
         sc.load(tmp_path / "nope.yaml")
 
 
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(MINIMAL + "time: {end: 3 day}\n")
+    with pytest.raises(ScenarioError, match=r"line 8: not valid YAML \(duplicate key 'time' \(first given on line 6\)"):
+        sc.load(p)
+    p.write_text(MINIMAL.replace("dox: {", "dox: {decay: 0.2 1/hour, ", 1))
+    with pytest.raises(ScenarioError, match=r"duplicate key 'decay'"):
+        sc.load(p)
+    # merge keys are YAML's own way to repeat a mapping, not a duplicate
+    p.write_text(MINIMAL + "numerics: &n {rtol: 1e-6}\noutput: {plots: false}\n")
+    assert sc.load(p).numerics.rtol == 1e-6
+
+
+def test_a_binary_file_is_not_a_scenario(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_bytes(bytes(range(256)))
+    with pytest.raises(ScenarioError, match=r"not a text file \(byte 0x80 at offset 128 is not UTF-8\)"):
+        sc.load(p)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("=5", "--set '=5': the key path is empty"),
+    (" =5", "--set ' =5': the key path is empty"),
+    ("time..end=1 day", "the key path 'time..end' has an empty part"),
+    ("time.end=[1 day", "--set time.end: value '[1 day' is not valid YAML"),
+    ("time={end: 1 day, end: 2 day}", "duplicate key 'end'"),
+])
+def test_bad_overrides(minimal, override, message):
+    with pytest.raises(ScenarioError) as err:
+        sc.load(minimal, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_dose_of_every_line_is_converted_at_validation(minimal):
+    with pytest.raises(ScenarioError, match=r"treatment.lines.1.regimen.0.amount: '5 hour' has dimension \[time\]"):
+        sc.load(minimal, ["treatment.lines=[{name: first, regimen: [{drug: dox, amount: 5 uM}]}, "
+                          "{name: second, regimen: [{drug: dox, amount: 5 hour}]}]"])
+
+
+def test_snapshot_fields_are_those_of_the_scenario(minimal):
+    s = sc.load(minimal)
+    assert s.field_names() == ["dox", "region", "auc_dox", "time_above_ec50_dox"]
+    assert s.snapshot_fields() == ["dox"]  # no clones: the transported species
+    with pytest.raises(ScenarioError, match=r"output.snapshots.fields.0: no field 'total'; fields of this "
+                                            r"scenario: dox, region, auc_dox, time_above_ec50_dox"):
+        sc.load(minimal, ["output.snapshots.fields=[total]"])
+    with_clones = sc.load(minimal, ["clones={clones: {a: {growth: 0.5 1/day}}}", "oxygen={}"])
+    assert set(with_clones.field_names()) >= {"oxygen", "a", "total", "resistant_fraction"}
+    assert with_clones.snapshot_fields() == ["total"]
+
+
+def test_the_misspelt_key_is_named_when_a_required_key_is_missing(minimal):
+    with pytest.raises(ScenarioError) as err:
+        sc.load(minimal, ["drugs.dox={class: dna_damaging, diffusivty: 16 um^2/s}"])
+    assert "drugs.dox.diffusivty: unknown key 'diffusivty' (did you mean 'diffusivity'?)" in str(err.value)
+
+
+def test_mesh_sizes_follow_mesh_unit(minimal):
+    s = sc.load(minimal, ["mesh.unit=mm", "mesh.size=[1.2, 800 um]"])
+    assert s.mesh.size == [1200.0, 800.0]
+    f = sc.validate({"name": "f", "mesh": {"kind": "file", "path": "/m.msh", "unit": "mm"},
+                     "time": {"end": "1 hour"}})
+    assert f.mesh.scale == 1000.0
+
+
 def test_override_paths(minimal):
     s = sc.load(minimal, ["time.end=10 day", "mesh.cells.0=20"])
     assert s.time.end == 240.0 and s.mesh.cells == [20, 5]
@@ -153,6 +218,14 @@ def test_a_required_quantity_stays_required(tmp_path):
     p.write_text("name: t\nmesh: {kind: rectangle, size: [1, 1], cells: [1, 1]}\ntime: {}\n")
     with pytest.raises(ScenarioError, match="time.end: required key is missing"):
         sc.load(p)
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_reads_back_from_its_resolved_form(config, tmp_path):
+    scen = sc.load(config)
+    p = tmp_path / "config.resolved.yaml"
+    p.write_text(sc.resolved_yaml(scen))
+    assert sc.load(p) == scen
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
