@@ -31,9 +31,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Literal
 
-from pydantic import Field, model_validator
-
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+import pint
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
 from . import pharmacology
 from .drugs import Dose
@@ -82,8 +81,6 @@ def _size(value: Any) -> Size:
         q = read(value)
     except ValueError as exc:
         raise ValueError(f"cannot read {value!r} ({exc}); write {valid}") from None
-    import pint
-
     if not isinstance(q, pint.Quantity) or q.unitless:
         raise ValueError(f"a bare number is ambiguous; write e.g. '{value.strip()} cell' or "
                          f"'{value.strip()} um**3'")

@@ -184,6 +184,15 @@ def test_required_keys_have_no_default_anywhere_in_the_schema():
             assert '"default"' not in text, f"{name}.{key} is required but the schema shows a default: {text}"
 
 
+def test_no_default_hides_inside_a_type_of_the_schema():
+    # time.dt_initial once showed dt_min's 0.001 inside its quantity type
+    schema = sc.json_schema()
+    for name, d in list(schema["$defs"].items()) + [("Scenario", schema)]:
+        for key, prop in d.get("properties", {}).items():
+            for member in prop.get("anyOf", []) + prop.get("oneOf", []):
+                assert "default" not in member, f"{name}.{key}: a default inside {member}"
+
+
 def test_the_oxygen_default_is_the_permeability_the_docs_state():
     # 30 µm/s, not 30 µm/hour: the solver's internal unit is µm/hour
     s = sc.validate({"name": "o", "mesh": MESHES[0], "time": {"end": "1 day"}, "oxygen": {"enabled": True}})
