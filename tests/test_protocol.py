@@ -238,7 +238,7 @@ def test_tumour_size_errors(text, message):
 
 
 def test_no_progression_is_called_on_a_burden_below_the_detection_limit():
-    # what the issue saw: 2e-17 "above 1.2 × nadir 5e-24"; with cells counted, both are nothing
+    # 2e-17 "above 1.2 × nadir 5e-24" would be progression; counted in cells, both are nothing
     p = Protocol(treatment(2, detection_limit="1 cell", stop={"on_cure": False}), scale=CELLS)
     p.start(0.0, 100.0)
     d = run(p, [5e-24, 2e-17, 0.9, 50.0])
