@@ -144,6 +144,10 @@ def evaluate(expression: str, points: np.ndarray, key: str) -> np.ndarray:
         raise ScenarioError(f"{key}: {expression!r} is not a valid expression ({exc.msg})") from None
     except (RecursionError, MemoryError, ValueError):
         raise ScenarioError(f"{key}: {expression!r} is nested too deeply") from None
+    unknown = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in _VARIABLES
+               and n.id not in _FUNCTIONS and not n.id.startswith("_")]
+    if unknown:
+        raise ScenarioError(f"{key}: name {unknown[0]!r} is not defined in {expression!r}; {usable}")
     for node in ast.walk(tree):
         if isinstance(node, (ast.Attribute, ast.Subscript, ast.Lambda, ast.comprehension, ast.NamedExpr)) or (
                 isinstance(node, ast.Name) and node.id.startswith("_")):

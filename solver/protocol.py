@@ -37,7 +37,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, mo
 from . import pharmacology
 from .drugs import Dose
 from .spec import Name, Spec, at
-from .units import Fraction, Quantity, read
+from .units import Fraction, Quantity, read, to_base
 
 #: Resistance mechanisms a clone can carry (MODEL.md §3) and a sequencing step can name.
 MECHANISMS = tuple(pharmacology.MECHANISMS)
@@ -86,7 +86,7 @@ def _size(value: Any) -> Size:
                          f"'{value.strip()} um**3'")
     for unit in ("cell", "um**3"):
         if q.check(unit if unit != "cell" else "[cell_count]"):
-            out = float(q.to(unit).magnitude)
+            out = to_base(q, unit)
             if not math.isfinite(out) or out < 0:
                 raise ValueError(f"{value!r} is not a finite size >= 0")
             return Size(out, unit)

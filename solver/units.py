@@ -109,6 +109,18 @@ def read(text: str) -> pint.Quantity | float:
         raise ValueError(exc.__class__.__name__) from None
 
 
+def to_base(q: pint.Quantity, base: pint.Unit | str) -> float:
+    """The magnitude of ``q`` in ``base`` units, rounded to 15 significant digits.
+
+    pint's conversion factors carry a last-bit error that depends on which conversions ran
+    before ('2 day' came out as 47.99999999999999 hour after some, 48.0 after others); times
+    must land on milestones exactly and a value must read the same in any run, so the result
+    keeps the 15 digits a double holds for certain.
+    """
+    base_u = _unit(base) if isinstance(base, str) else base
+    return float(f"{float(q.to(base_u).magnitude):.15g}")
+
+
 def bare_number_message(value: Any, unit: str) -> str:
     shown = f"{value:g}" if isinstance(value, (int, float)) else str(value).strip()
     units = [unit] + [u for u in _SUGGESTIONS if u != unit and _unit(u).dimensionality == _unit(unit).dimensionality]
@@ -133,7 +145,7 @@ def _parse_text(value: str, base: str, unit: str) -> float:
             raise ValueError(
                 f"{value!r} has dimension {_pretty_dimensionality(q.units)}, expected "
                 f"{_pretty_dimensionality(base_u)} (e.g. '1 {unit}')")
-        return _finite(float(q.to(base_u).magnitude), value)
+        return _finite(to_base(q, base_u), value)
     except (OverflowError, TypeError):
         raise ValueError(f"{value!r} is not a finite number") from None
 

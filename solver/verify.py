@@ -216,7 +216,7 @@ def spheroid_plasma_solver(dom, scheme="backward_euler", lumped=True, estimate=F
     from .pk import Plasma
 
     p = _SPH
-    plasma = Plasma(PKSpec(model="one_compartment", half_life=p["half_life"]), "c")
+    plasma = Plasma(PKSpec(model="one_compartment", half_life=f"{p['half_life']!r} hour"), "c")
     plasma.add_dose(0.0, p["c0"])
     model = SpeciesModel("c", fem.Constant(dom.mesh, p["D"]), decay=p["k"], plasma=plasma.mean,
                          boundary={"outer": BoundaryValue(plasma=True)},
@@ -308,7 +308,7 @@ def spheroid_plasma_robin(comm, h=12.0) -> Result:
     x = ufl.SpatialCoordinate(dom.mesh)
     r = ufl.sqrt(ufl.dot(x, x)) + 1e-12
     exact = A * (R / r) * ufl.sinh(r / lam) / math.sinh(R / lam)
-    plasma = Plasma(PKSpec(model="constant", level=level), "c")
+    plasma = Plasma(PKSpec(model="constant", level=f"{level!r} uM"), "c")
     model = SpeciesModel("c", fem.Constant(dom.mesh, D), decay=k, plasma=plasma.mean,
                          boundary={"outer": BoundaryValue(plasma=True, plasma_fraction=frac, robin=f"{P} um/hour")},
                          boundary_facets={"outer": dom.facet("outer", "verify")})
