@@ -402,7 +402,7 @@ class CheckpointSpec(Spec):
     time and/or every ``wall`` of wall-clock time; always at a stop by SIGINT, SIGTERM or SIGUSR1."""
 
     every: Duration | None = Field(None, gt=0, description="simulated-time interval; None = none")
-    wall: Duration | None = Field(1.0, gt=0, description="wall-clock interval (e.g. '30 min'); None = none")
+    wall: Duration | None = Field("1 hour", gt=0, description="wall-clock interval (e.g. '30 min'); None = none")
 
 
 class OutputSpec(Spec):

@@ -36,7 +36,7 @@ FULL = {
                   "assessment": {}, "progression": {}, "stop": {}},
     "time": {"end": "10 day"},
     "numerics": {},
-    "output": {"snapshots": {}},
+    "output": {"snapshots": {}, "checkpoint": {}},
 }
 
 MESHES = [
