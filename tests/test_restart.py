@@ -65,7 +65,7 @@ SCENARIO = {
         ],
         "assessment": {"every": "1 day"},
         "progression": {"resistant_fraction": 0.05},
-        "stop": {"stop_when_exhausted": False},
+        "stop": {"stop_when_exhausted": False, "on_cure": False},
     },
     "time": {"end": "3 day", "dt": "2 hour", "dt_initial": "0.25 hour"},
     "output": {"every": "1 day", "plots": False, "snapshots": {"times": []},
