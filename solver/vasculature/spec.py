@@ -1,7 +1,7 @@
 """The ``vasculature:`` section of a scenario: a vessel network from a file or generated.
 
-Every physical number carries its unit (a bare number is read in the unit each field names);
-the validated section holds µm, hour, mmHg. Pure: no DOLFINx.
+Every physical number carries its unit (solver.units: a bare number is refused where a unit
+is needed); the validated section holds µm, hour, mmHg. Pure: no DOLFINx.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from ..spec import Spec, at
 from ..units import Fraction, Length, Quantity
-from .flow import HAEMATOCRIT, PLASMA_VISCOSITY
+from .flow import HAEMATOCRIT
 
 Pressure = Quantity("mmHg", "mmHg", description="blood pressure")
 Face = Literal["x-", "x+", "y-", "y+", "z-", "z+"]
@@ -49,16 +49,16 @@ class GeneratedNetworkSpec(Spec):
     seed: int = 0
     lower: list[Quantity("um")] | None = Field(None, description="block corner; default the mesh's")
     upper: list[Quantity("um")] | None = Field(None, description="opposite corner; default the mesh's")
-    spacing: Length = Field(100.0, description="mean inter-capillary distance in normal tissue")
-    capillary_radius: Length = 4.0
+    spacing: Length = Field("100 um", description="mean inter-capillary distance in normal tissue")
+    capillary_radius: Length = "4 um"
     loops: Fraction = Field(0.15, description="share of non-tree candidate vessels kept as loops")
     inlet_faces: list[Face] = Field(default_factory=lambda: ["x-"])
     outlet_faces: list[Face] = Field(default_factory=lambda: ["x+"])
-    feeder_spacing: Length = Field(300.0, description="distance between inlets (outlets) on a face")
-    arteriole_radius: Length = 7.5
-    venule_radius: Length = 10.0
-    inlet_pressure: Pressure = 40.0
-    outlet_pressure: Pressure = 15.0
+    feeder_spacing: Length = Field("300 um", description="distance between inlets (outlets) on a face")
+    arteriole_radius: Length = "7.5 um"
+    venule_radius: Length = "10 um"
+    inlet_pressure: Pressure = "40 mmHg"
+    outlet_pressure: Pressure = "15 mmHg"
     tumour: str | None = Field(None, description="where vessels are abnormal: a region name of "
                                "mesh.regions, or a NumPy expression of x, y, z, r (µm)")
     rarefaction: int = Field(3, ge=1, le=8, description="tumour spacing / normal spacing")
@@ -83,7 +83,7 @@ class BloodSpec(Spec):
     """Blood rheology: the in-vivo apparent viscosity of Pries et al. (1994)."""
 
     haematocrit: Fraction = Field(HAEMATOCRIT, description="discharge haematocrit H_D")
-    plasma_viscosity: Quantity("mmHg*hour", "mPa*s", gt=0, description="plasma viscosity") = PLASMA_VISCOSITY
+    plasma_viscosity: Quantity("mmHg*hour", "mPa*s", gt=0, description="plasma viscosity") = "1.2 mPa*s"
 
 
 class VasculatureSpec(Spec):
@@ -95,7 +95,7 @@ class VasculatureSpec(Spec):
     well_model: bool = Field(True, description="correct the exchange of vessels thinner than the "
                              "mesh for the unresolved radial resistance (r_eq = 0.3 h)")
     immune_recruitment: Quantity("um**2/hour", "um**2/hour", ge=0, description="immune effectors "
-                                 "recruited per unit length of perfused vessel") = 0.0
+                                 "recruited per unit length of perfused vessel") = "0 um**2/hour"
 
     @model_validator(mode="after")
     def _one_source(self):
