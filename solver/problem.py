@@ -424,8 +424,9 @@ class Problem:
                                      None if ck.wall is None else ck.wall * 3600.0, resolved_yaml(sc),
                                      before_write=self._before_checkpoint,
                                      meta={"dofs_per_field": m.V.dofmap.index_map.size_global})
-        # the checkpoint last: it records how far the others got
-        self.outputs = [self.series, self.events, self.fields, self.snapshots, self.checkpoint]
+        # the checkpoint after those it counts; the summary and the plots when the run ends
+        self.outputs = [self.series, self.events, self.fields, self.snapshots, self.checkpoint,
+                        _Summary(self)] + ([_Plots(self)] if sc.output.plots else [])
         try:
             if resumed:
                 w = st.written
@@ -501,6 +502,7 @@ class Problem:
             self.start()
         counters_before = COUNTERS.snapshot()
         progress = _Progress(clock.end, self.logger, self.comm)
+        self.summary = None   # set once the run ends (the summary output writes it)
         try:
             with _Signals() as self._signals:
                 while not clock.done(st.t) and st.stopped is None and self.signal is None:
@@ -512,25 +514,24 @@ class Problem:
                 self._new_events += self.protocol.end(st.t)
                 if self.outputs:
                     self.events.write(st, st.t)
+            loop = {k: COUNTERS.snapshot()[k] - counters_before[k] for k in counters_before}
+            wall = st.wall_seconds + wallclock.perf_counter() - self._segment_start
+            self.summary = self._summary(wall, loop)
         finally:
+            # the summary and the plots are written only by a run that ended (not by an error)
             for o in self.outputs:
                 o.close(st)
             progress.done()
-        loop = {k: COUNTERS.snapshot()[k] - counters_before[k] for k in counters_before}
-        wall = st.wall_seconds + wallclock.perf_counter() - self._segment_start
-        summary = self._summary(wall, loop)
         if self.outputs:
-            outputs.write_json(self.out / "summary.json", summary, self.comm)
-            if sc.output.plots and self.comm.rank == 0:
-                self._plots()
             self.comm.barrier()   # every rank returns with the files complete
+        summary = self.summary
         if self.signal is not None:
             name = signal.Signals(self.signal).name
             where = f"checkpoint {self.checkpoint.path}" if self.outputs else "nothing written"
             self.logger.warning(f"tme: stopped by {name} at t = {st.t:g} h ({st.t / 24:.4g} day), step "
                                 f"{st.steps}; {where}; continue with: tme run --resume {self.out}")
         else:
-            self.logger.info(f"done: {st.steps} steps in {wall:.1f} s" +
+            self.logger.info(f"done: {st.steps} steps in {summary['wall_time_seconds']:.1f} s" +
                              (f"; results in {self.out}" if self.out else ""))
         return summary
 
@@ -904,21 +905,6 @@ class Problem:
             })
         return summary
 
-    def _plots(self):
-        m, sc = self.model, self.scenario
-        rows, evs = self.series.rows, self.events.events
-        tt = np.array([r["t"] for r in rows])
-        markers = [(e.time, e.event) for e in evs if e.event in ("switch", "progression")]
-        if m.N is not None:
-            series = {c: np.array([r[f"clone_{c}"] for r in rows]) for c in m.clone_names}
-            series["burden"] = np.array([r["burden"] for r in rows])
-            outputs.plot_series(self.out / "plots" / "burden.png", tt, series,
-                                "amount  ∫ N dx  [µm^%d]" % m.domain.dim,
-                                f"{sc.name}: tumour burden per clone", markers=markers)
-        outputs.plot_series(self.out / "plots" / "species.png", tt,
-                            {s.name: np.array([r[f"total_{s.name}"] for r in rows]) for s in m.species},
-                            "amount in tissue  ∫ c dx", f"{sc.name}: transported species", markers=markers)
-
 
 class _Snapshots:
     """Off-screen pictures of the chosen fields at the snapshot times [hour]."""
@@ -941,6 +927,59 @@ class _Snapshots:
 
     def close(self, state) -> None:
         pass
+
+
+class _Summary:
+    """``summary.json``: the whole run in numbers (see README), written when the run ends."""
+
+    milestones: tuple[float, ...] = ()
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+    def due(self, state) -> bool:
+        return False
+
+    def write(self, state, t: float) -> None:
+        pass
+
+    def close(self, state) -> None:
+        p = self.problem
+        if p.summary is not None:
+            outputs.write_json(p.out / "summary.json", p.summary, p.comm)
+
+
+class _Plots:
+    """``plots/burden.png`` and ``plots/species.png`` over the whole run, when it ends (rank 0)."""
+
+    milestones: tuple[float, ...] = ()
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+    def due(self, state) -> bool:
+        return False
+
+    def write(self, state, t: float) -> None:
+        pass
+
+    def close(self, state) -> None:
+        p = self.problem
+        if p.summary is None or p.comm.rank != 0:
+            return
+        m, sc = p.model, p.scenario
+        rows, evs = p.series.rows, p.events.events
+        tt = np.array([r["t"] for r in rows])
+        markers = [(e.time, e.event) for e in evs if e.event in ("switch", "progression")]
+        if m.N is not None:
+            series = {c: np.array([r[f"clone_{c}"] for r in rows]) for c in m.clone_names}
+            series["burden"] = np.array([r["burden"] for r in rows])
+            outputs.plot_series(p.out / "plots" / "burden.png", tt, series,
+                                "amount  ∫ N dx  [µm^%d]" % m.domain.dim,
+                                f"{sc.name}: tumour burden per clone", markers=markers)
+        outputs.plot_series(p.out / "plots" / "species.png", tt,
+                            {s.name: np.array([r[f"total_{s.name}"] for r in rows]) for s in m.species},
+                            "amount in tissue  ∫ c dx", f"{sc.name}: transported species", markers=markers)
 
 
 #: Scenario keys a resumed run may change (``--resume-with-changes``): they act from the next

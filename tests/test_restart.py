@@ -416,3 +416,18 @@ def test_resume_refuses_bad_directories_and_changed_scenarios(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0 and "complete" in err and err.strip().count("\n") == 0, err
     assert (out / "timeseries.csv").read_text() == before
+
+
+@pytest.mark.mpi
+def test_wall_clock_checkpoints_agree_across_ranks(comm, tmp_path):
+    """A wall interval shorter than any step: a checkpoint after every step, decided on rank 0's
+    clock for all ranks; only the latest is kept."""
+    from solver.outputs import checkpoint as checkpoints
+
+    out = _shared(comm, tmp_path) / "wall"
+    scen = scenario(**{"time.end": "6 hour", "output.checkpoint": {"every": None, "wall": "1e-9 hour"}})
+    summary = Problem(scen, comm, out, overwrite=True).initialise().run()
+    found = checkpoints.complete(out)
+    assert len(found) == 1
+    state = checkpoints.read_state(found[0])
+    assert state.written["checkpoints"] == state.steps == summary["steps"]
