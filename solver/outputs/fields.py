@@ -53,22 +53,32 @@ class FieldOutput:
     def keep(self, n: int) -> None:
         """Continue after the first ``n`` frames of the index (a resumed run): later frames,
         written after the checkpoint, are dropped from the index."""
-        if self.comm.rank == 0:
-            index = self.out / "fields.xdmf"
-            grids = []
-            if index.exists():
-                root = ET.parse(index).getroot()
-                grids = root.findall("./Domain/Grid/Grid")
-            if len(grids) < n:
-                raise ValueError(f"{index}: lists {len(grids)} output times, the checkpoint {n}")
-            for g in grids[:n]:
-                ET.indent(g, space="  ", level=3)
-                self.frames.append("      " + ET.tostring(g, encoding="unicode").rstrip() + "\n")
-                self.times.append(float(g.find("Time").get("Value")))
-            replace_text(index, _HEAD + "".join(self.frames) + _TAIL)
-            for f in self.dir.glob("frame_*.h5"):   # written after the checkpoint
-                if int(f.stem.split("_")[1]) > n:
-                    f.unlink()
+        err = None
+        try:
+            if self.comm.rank == 0:
+                self._keep(n)
+        except (OSError, ValueError, ET.ParseError) as exc:
+            err = f"{self.out / 'fields.xdmf'}: {exc}"
+        err, self.times = self.comm.bcast((err, self.times), root=0)
+        if err:
+            raise ValueError(err)
+
+    def _keep(self, n: int) -> None:
+        index = self.out / "fields.xdmf"
+        grids = []
+        if index.exists():
+            root = ET.parse(index).getroot()
+            grids = root.findall("./Domain/Grid/Grid")
+        if len(grids) < n:
+            raise ValueError(f"{index}: lists {len(grids)} output times, the checkpoint {n}")
+        for g in grids[:n]:
+            ET.indent(g, space="  ", level=3)
+            self.frames.append("      " + ET.tostring(g, encoding="unicode").rstrip() + "\n")
+            self.times.append(float(g.find("Time").get("Value")))
+        replace_text(index, _HEAD + "".join(self.frames) + _TAIL)
+        for f in self.dir.glob("frame_*.h5"):   # written after the checkpoint
+            if int(f.stem.split("_")[1]) > n:
+                f.unlink()
 
     # -- the Output interface -----------------------------------------------------------------
     def due(self, state) -> bool:
@@ -112,8 +122,8 @@ class FieldOutput:
                 parts.append("        " + ET.tostring(a, encoding="unicode").rstrip() + "\n")
             parts.append("      </Grid>\n")
             self.frames.append("".join(parts))
-            self.times.append(t)
             replace_text(self.out / "fields.xdmf", _HEAD + "".join(self.frames) + _TAIL)
+        self.times.append(t)
         state.written["frames"] = k
         self.comm.barrier()
 

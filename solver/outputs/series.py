@@ -61,22 +61,33 @@ class TimeSeries:
             self._fd = _open_append(self.path)
 
     def keep(self, n: int) -> None:
-        """Continue after the first ``n`` rows of an existing file (a resumed run)."""
-        if self.rank0:
-            with open(self.path, newline="") as fh:
-                text = fh.read()
-            # a line cut by a kill has no end of line: never part of a row
-            lines = text.splitlines(keepends=True)
-            whole = [ln for ln in lines if ln.endswith("\n")]
-            reader = csv.DictReader(io.StringIO("".join(whole)))
-            if reader.fieldnames != self.columns:
-                raise ValueError(f"{self.path}: its columns are not those of this scenario")
-            rows = [{k: v if k == "line" else _parse(v) for k, v in r.items()} for r in reader]
-            if len(rows) < n:
-                raise ValueError(f"{self.path}: holds {len(rows)} rows, the checkpoint {n}")
-            self.rows = rows[:n]
-            replace_text(self.path, "".join(whole[:n + 1]))
-            self._fd = _open_append(self.path)
+        """Continue after the first ``n`` rows of an existing file (a resumed run); every rank
+        gets the rows (the summary is made from them)."""
+        err = None
+        try:
+            if self.rank0:
+                self._keep(n)
+        except (OSError, ValueError) as exc:
+            err = str(exc)
+        err, self.rows = self.comm.bcast((err, self.rows), root=0)
+        if err:
+            raise ValueError(err)
+
+    def _keep(self, n: int) -> None:
+        with open(self.path, newline="") as fh:
+            text = fh.read()
+        # a line cut by a kill has no end of line: never part of a row
+        lines = text.splitlines(keepends=True)
+        whole = [ln for ln in lines if ln.endswith("\n")]
+        reader = csv.DictReader(io.StringIO("".join(whole)))
+        if reader.fieldnames != self.columns:
+            raise ValueError(f"{self.path}: its columns are not those of this scenario")
+        rows = [{k: v if k == "line" else _parse(v) for k, v in r.items()} for r in reader]
+        if len(rows) < n:
+            raise ValueError(f"{self.path}: holds {len(rows)} rows, the checkpoint {n}")
+        self.rows = rows[:n]
+        replace_text(self.path, "".join(whole[:n + 1]))
+        self._fd = _open_append(self.path)
 
     def _line(self, row: dict) -> str:
         buf = io.StringIO()
@@ -112,7 +123,7 @@ class EventLog:
     milestones: tuple[float, ...] = ()
 
     def __init__(self, out: Path, comm, pending=None):
-        self.out, self.rank0 = Path(out), comm.rank == 0
+        self.out, self.comm, self.rank0 = Path(out), comm, comm.rank == 0
         self.events: list[Event] = []
         self.pending = pending
         self._fd = None
@@ -123,16 +134,26 @@ class EventLog:
             self._fd = _open_append(self.out / "events.csv")
 
     def keep(self, n: int) -> None:
-        """Continue after the first ``n`` events (a resumed run)."""
-        if self.rank0:
-            saved = json.loads((self.out / "events.json").read_text()) if n else []
-            if len(saved) < n:
-                raise ValueError(f"{self.out / 'events.json'}: holds {len(saved)} events, the checkpoint {n}")
-            self.events = [Event(e["time"], e["event"], e["reason"], e["data"]) for e in saved[:n]]
-            text = "time_hours,time_days,event,reason,data\n" + "".join(self._line(e) for e in self.events)
-            replace_text(self.out / "events.csv", text)
-            replace_text(self.out / "events.json", self._json())
-            self._fd = _open_append(self.out / "events.csv")
+        """Continue after the first ``n`` events (a resumed run); every rank gets them."""
+        err = None
+        try:
+            if self.rank0:
+                self._keep(n)
+        except (OSError, ValueError) as exc:
+            err = str(exc)
+        err, self.events = self.comm.bcast((err, self.events), root=0)
+        if err:
+            raise ValueError(err)
+
+    def _keep(self, n: int) -> None:
+        saved = json.loads((self.out / "events.json").read_text()) if n else []
+        if len(saved) < n:
+            raise ValueError(f"{self.out / 'events.json'}: holds {len(saved)} events, the checkpoint {n}")
+        self.events = [Event(e["time"], e["event"], e["reason"], e["data"]) for e in saved[:n]]
+        text = "time_hours,time_days,event,reason,data\n" + "".join(self._line(e) for e in self.events)
+        replace_text(self.out / "events.csv", text)
+        replace_text(self.out / "events.json", self._json())
+        self._fd = _open_append(self.out / "events.csv")
 
     @staticmethod
     def _line(e: Event) -> str:
