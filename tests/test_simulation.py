@@ -370,3 +370,13 @@ def test_nan_stops_the_run_naming_field_time_and_place(tmp_path):
 
     with h5py.File(out / "fields" / "frame_000001.h5", "r") as h5:
         assert "Function" in h5
+
+
+def test_problem_without_an_output_directory_writes_nothing(tmp_path, monkeypatch):
+    """What `tme validate` relies on: the whole set-up, and steps, with no file written."""
+    monkeypatch.chdir(tmp_path)
+    p = Problem(sc.load(DEFAULT, COARSE + ["time.end=8 hour"]), MPI.COMM_WORLD).initialise()
+    assert p.model.species and p.model.clone_names and p.clock.milestones[-1] == 8.0
+    summary = p.run()
+    assert summary["end_time_hours"] == 8.0 and summary["steps"] == p.state.steps > 0
+    assert list(tmp_path.iterdir()) == []
