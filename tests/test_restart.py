@@ -220,6 +220,21 @@ def _tme(*args, ranks=1, **kw):
                             text=True, start_new_session=True, **kw)
 
 
+def _finish(p, timeout: float):
+    """(stdout, stderr) of a run started by _tme; on a timeout the ranks and mpirun are killed
+    (mpirun puts each rank in a process group of its own) and the test fails."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in _children(p.pid) + [p.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, err = p.communicate()
+        pytest.fail(f"no answer within {timeout:g} s (a hang); stderr:\n{err}")
+
+
 def _config(path: Path, **changes) -> Path:
     data = json.loads(json.dumps(SCENARIO))
     for key, value in changes.items():
@@ -243,7 +258,7 @@ def test_checkpoint_on_one_rank_resumes_on_two_and_back(tmp_path, straight):
     out = tmp_path / "one_two"
     run_with_stops(scenario(), out, MPI.COMM_SELF, stops=(27.0,), finish=False)
     p = _tme("run", "--resume", out, ranks=2)
-    _, err = p.communicate(timeout=300)
+    _, err = _finish(p, 300)
     assert p.returncode == 0, err
     assert_same_run(out, straight / "np1", rel=1e-6)
     # 2 ranks -> 1 rank: stopped by SIGUSR1 to mpirun (which forwards it) once a few rows are
@@ -253,7 +268,7 @@ def test_checkpoint_on_one_rank_resumes_on_two_and_back(tmp_path, straight):
     p = _tme("run", cfg, "--out", out, ranks=2)
     _wait_rows(out / "timeseries.csv", 20, p)
     os.kill(p.pid, signal.SIGUSR1)
-    _, err = p.communicate(timeout=120)
+    _, err = _finish(p, 120)
     assert p.returncode == 128 + signal.SIGUSR1, err
     summary = Problem.resume(out, MPI.COMM_SELF).initialise().run()
     assert summary["stopped"] == "end time"
@@ -268,6 +283,7 @@ def _wait_rows(path: Path, n: int, proc, timeout=120.0):
         if proc.poll() is not None:
             pytest.fail(f"the run ended before {n} rows: {proc.stderr.read()}")
         time.sleep(0.02)
+    _finish(proc, 0.01)   # kills it and fails
     pytest.fail("no rows")
 
 
@@ -305,7 +321,7 @@ def test_signal_stops_cleanly_with_a_resumable_checkpoint(tmp_path, ranks, signu
     assert targets
     for pid in targets:
         os.kill(pid, signum)
-    _, err = p.communicate(timeout=120)
+    _, err = _finish(p, 120)
     assert p.returncode == 128 + signum, err
     lines = [ln for ln in err.splitlines() if ln.startswith("tme")]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -320,7 +336,7 @@ def test_signal_stops_cleanly_with_a_resumable_checkpoint(tmp_path, ranks, signu
     assert state["t"] == float(rows[-1]["t"]) and state["steps"] == len(rows) - 1
     # resumable: continue for a little (a shorter end) and finish
     p = _tme("run", "--resume", out, "--resume-with-changes", "--set", f"time.end={state['t'] / 24 + 0.5} day")
-    _, err = p.communicate(timeout=300)
+    _, err = _finish(p, 300)
     assert p.returncode == 0, err
     rows2 = _rows(out / "timeseries.csv")
     assert rows2[: len(rows)] == rows and len(rows2) > len(rows)
@@ -367,8 +383,10 @@ def test_sigkill_leaves_every_finished_output_readable(tmp_path, ranks):
         p = _tme("run", cfg, "--out", out, ranks=ranks)
         _wait_rows(out / "timeseries.csv", rows, p)
         time.sleep(float(rng.uniform(0.0, 0.05)))
-        os.killpg(p.pid, signal.SIGKILL)   # mpirun and the ranks
-        p.communicate(timeout=60)
+        # mpirun puts each rank in a process group of its own: kill the ranks and mpirun
+        for pid in _children(p.pid) + [p.pid]:
+            os.kill(pid, signal.SIGKILL)
+        _finish(p, 60)
         times = _readable_frames(out)
         assert times and times == sorted(times) and times[0] == 0.0
         series = _whole_rows(out / "timeseries.csv")
@@ -381,7 +399,7 @@ def test_sigkill_leaves_every_finished_output_readable(tmp_path, ranks):
     (ck,) = [c for c in (out / "checkpoint").glob("step_*") if not c.name.endswith(".partial")]
     t = json.loads((ck / "state.json").read_text())["t"]
     p = _tme("run", "--resume", out, "--resume-with-changes", "--set", f"time.end={t + 24} hour")
-    _, err = p.communicate(timeout=300)
+    _, err = _finish(p, 300)
     assert p.returncode == 0, err
     assert _readable_frames(out)[-1] == t + 24
     ts = [float(r[0]) for r in _whole_rows(out / "timeseries.csv")[1:]]
@@ -395,17 +413,17 @@ def test_resume_refuses_bad_directories_and_changed_scenarios(tmp_path):
     empty.mkdir()
     for d, expect in ((tmp_path / "nowhere", "no such directory"), (empty, "not the output directory")):
         p = _tme("run", "--resume", d)
-        _, err = p.communicate(timeout=120)
+        _, err = _finish(p, 120)
         assert p.returncode == 2 and err.strip().count("\n") == 0 and expect in err, err
     out = tmp_path / "run"
     run_with_stops(scenario(), out, MPI.COMM_SELF, stops=(10.0,), finish=False)
     cfg = _config(tmp_path / "s.yaml")
     p = _tme("run", cfg, "--resume", out, "--set", "drugs.chemo.emax=0.3 1/hour")
-    _, err = p.communicate(timeout=120)
+    _, err = _finish(p, 120)
     assert p.returncode == 2 and err.strip().count("\n") == 0, err
     assert "drugs.chemo.emax" in err and "--resume-with-changes" in err
     p = _tme("run", cfg, "--resume", out, "--resume-with-changes", "--set", "drugs.chemo.emax=0.3 1/hour")
-    _, err = p.communicate(timeout=120)
+    _, err = _finish(p, 120)
     assert p.returncode == 2 and "drugs.chemo.emax cannot change" in err, err
     with pytest.raises(RunError, match="time.end"):
         Problem.resume(out, MPI.COMM_SELF, scenario(**{"time.end": "5 hour"}), with_changes=True)
@@ -413,7 +431,7 @@ def test_resume_refuses_bad_directories_and_changed_scenarios(tmp_path):
     Problem.resume(out, MPI.COMM_SELF).initialise().run()
     before = (out / "timeseries.csv").read_text()
     p = _tme("run", "--resume", out)
-    _, err = p.communicate(timeout=120)
+    _, err = _finish(p, 120)
     assert p.returncode == 0 and "complete" in err and err.strip().count("\n") == 0, err
     assert (out / "timeseries.csv").read_text() == before
 
