@@ -1,8 +1,10 @@
 """The ``tme`` command line: run, validate, schema, verify, compare.
 
-Run in parallel as ``mpirun -n N tme run CONFIG``. An unexpected exception on any rank aborts the
-whole job (as ``python -m mpi4py`` does) instead of leaving the other ranks waiting forever;
-errors a user can cause print one line on rank 0 and exit with status 2.
+Run in parallel as ``mpirun -n N tme run CONFIG``. Errors a user can cause (a bad argument,
+scenario, mesh or output directory, a full disk, a run stopped by its NaN guard, not enough
+memory) print one line, once, and exit with status 2; an interrupt prints one line and exits with
+130. An unexpected exception on any rank aborts the whole job (as ``python -m mpi4py`` does)
+instead of leaving the other ranks waiting forever.
 """
 
 from __future__ import annotations
@@ -10,30 +12,69 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 
 from . import __version__, log
-from .scenario import ScenarioError
+from .spec import ScenarioError
+
+#: How long a rank other than 0 waits before it reports an error of its own: rank 0 speaks for
+#: the job, and if it meets the same error it ends the job first [s].
+GRACE = 2.0
+
+
+def _rank() -> int:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.rank
+
+
+def _say(line: str) -> None:
+    """One line on stderr from rank 0 (every rank parses the same arguments)."""
+    if _rank() == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block is for --help, not for every typo."""
+
+    def error(self, message):
+        _say(f"tme: error: {message} (see '{self.prog} --help')")
+        sys.exit(2)
+
+
+def _size(text: str) -> int:
+    """'40 GB', '512 MiB', '2e9 B' -> bytes (argparse type of --max-memory)."""
+    from .resources import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tme", description="Tumour microenvironment under chemotherapy: "
-                                "drug transport, clonal resistance and treatment strategies (FEniCSx).")
+    p = _Parser(prog="tme", description="Tumour microenvironment under chemotherapy: "
+                "drug transport, clonal resistance and treatment strategies (FEniCSx).")
     p.add_argument("--version", action="version", version=f"tme {__version__}")
     # accepted before or after the command (tme --quiet run ... or tme run ... --quiet)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--log-all-ranks", action="store_true", default=argparse.SUPPRESS,
                         help="every MPI rank logs, not only rank 0")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="only warnings and errors")
     for action in common._actions:
         p._add_action(action)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name, **kw):
         return sub.add_parser(name, parents=[common], **kw)
 
+    memory = dict(type=_size, default=None, metavar="SIZE",
+                  help="memory the set-up may plan for, e.g. '40 GB' (default: the memory "
+                       "available on the job's machines at start); a mesh estimated to need more "
+                       "is refused before it is built")
     r = add("run", help="run a scenario, or continue a stopped one (--resume DIR)")
     r.add_argument("config", type=Path, nargs="?", help="scenario YAML file (with --resume: "
                    "default the checkpoint's scenario)")
@@ -45,11 +86,13 @@ def _parser() -> argparse.ArgumentParser:
                    "complete checkpoint, appending to its outputs")
     r.add_argument("--resume-with-changes", action="store_true", help="with --resume: accept a "
                    "scenario that differs in keys that can change mid-run (time.*, output.*)")
+    r.add_argument("--max-memory", **memory)
 
-    v = add("validate", help="check a scenario and print its resolved form")
+    v = add("validate", help="the whole set-up of a run (mesh, fields, every check), without running it")
     v.add_argument("config", type=Path)
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     v.add_argument("--quiet-ok", action="store_true", help="print nothing when valid")
+    v.add_argument("--max-memory", **memory)
 
     add("schema", help="print the JSON schema of scenario files")
 
@@ -61,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a value in every run (repeatable)")
     c.add_argument("--out", type=Path, required=True, help="output directory")
     c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--max-memory", **memory)
 
     f = add("verify", help="run the verification cases against closed forms")
     f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
@@ -75,16 +119,30 @@ def main(argv: list[str] | None = None) -> int:
     all_ranks, quiet = getattr(args, "log_all_ranks", False), getattr(args, "quiet", False)
     logger = log.setup(comm.rank, comm.size, all_ranks, level=30 if quiet else 20)
     if args.command is None:
-        _parser().print_help()
+        _say("tme: error: a command is needed: run, validate, compare, schema or verify (see 'tme --help')")
         return 2
     try:
         return _dispatch(args, comm)
-    except ScenarioError as exc:
+    except (ScenarioError, FloatingPointError) as exc:
+        # raised on every rank alike: a scenario error is agreed across ranks where it is found,
+        # and so is the run's NaN/negative guard (which names field, time and place)
         if comm.rank == 0:
-            print(f"tme: error: {exc}", file=sys.stderr)
+            print(f"tme: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except (OSError, MemoryError) as exc:
+        # a full disk, an unwritable file, memory exhausted: may strike one rank only, unless the
+        # writer already raised it on every rank
+        from .resources import describe_failure
+
+        line = f"tme: error: {describe_failure(exc, getattr(args, 'out', None))}"
+        if getattr(exc, "agreed", False):
+            if comm.rank == 0:
+                print(line, file=sys.stderr, flush=True)
+            return 2
+        return _alone(comm, line, 2)
     except KeyboardInterrupt:
-        return 130
+        return _alone(comm, "tme: interrupted; the files written so far are readable up to the last "
+                            "completed step", 130)
     except Exception:
         if comm.size > 1:
             # one rank failing must not leave the others blocked in a collective
@@ -95,6 +153,21 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _alone(comm, line: str, status: int) -> int:
+    """Report an error that may have struck this rank only, then end the whole job.
+
+    The other ranks may be waiting in a collective call, so in parallel the job is aborted. Rank
+    0 reports at once; another rank waits a little first, so that when rank 0 meets the same error
+    the job is ended by rank 0 and the line is printed once.
+    """
+    if comm.size > 1 and comm.rank != 0:
+        time.sleep(GRACE)
+    print(line, file=sys.stderr, flush=True)
+    if comm.size > 1:
+        comm.Abort(status)
+    return status
+
+
 def _dispatch(args, comm) -> int:
     from . import scenario as sc
 
@@ -103,9 +176,15 @@ def _dispatch(args, comm) -> int:
             print(json.dumps(sc.json_schema(), indent=2))
         return 0
     if args.command == "validate":
+        from .problem import Problem
+
         scen = sc.load(args.config, args.overrides)
+        # the set-up of tme run itself, without an output directory: validate passing means
+        # run starts
+        model = Problem(scen, comm, max_memory=args.max_memory).initialise().model
         if comm.rank == 0 and not args.quiet_ok:
             print(sc.resolved_yaml(scen), end="")
+        log.get().info(f"{model.describe()}; valid: 'tme run' passes every check of its set-up")
         return 0
     if args.command == "verify":
         from .verify import main as verify_main
@@ -115,7 +194,7 @@ def _dispatch(args, comm) -> int:
         from .compare import compare
 
         compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, max_memory=args.max_memory)
         return 0
     if args.command == "run":
         from .problem import run
@@ -124,14 +203,24 @@ def _dispatch(args, comm) -> int:
             if args.config is None:
                 raise ScenarioError("tme run: give a scenario file, or --resume DIR")
             scen = sc.load(args.config, args.overrides)
-            summary = run(scen, args.out or Path("results") / scen.name, comm=comm, overwrite=args.overwrite)
+            summary = run(scen, args.out or Path("results") / scen.name, comm=comm, overwrite=args.overwrite,
+                          max_memory=args.max_memory, inputs=_inputs(args.config, scen))
         else:
             if args.out is not None and args.out.resolve() != args.resume.resolve():
                 raise ScenarioError(f"--out {args.out} with --resume {args.resume}: a resumed run "
                                     f"writes into its own directory; leave out --out")
             scen = None if args.config is None else sc.load(args.config, args.overrides)
             summary = run(scen, args.resume, comm=comm, resume=True, overrides=args.overrides,
-                          with_changes=args.resume_with_changes)
+                          with_changes=args.resume_with_changes, max_memory=args.max_memory)
         # stopped by a signal: 128 + its number, as a shell reports a process it killed
         return 128 + summary["signal"] if "signal" in summary else 0
     raise AssertionError(args.command)
+
+
+def _inputs(config: Path, scen) -> list[Path]:
+    """The files a run reads: an output directory must not hold them where a run writes."""
+    paths = [Path(config)]
+    mesh_path = getattr(scen.mesh, "path", None)
+    if mesh_path is not None:
+        paths.append(Path(mesh_path))
+    return paths

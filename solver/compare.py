@@ -66,32 +66,61 @@ def _slug(override: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", f"{key.split('.')[-1]}-{value}").strip("-")
 
 
-def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overwrite=False) -> list[dict]:
+def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overwrite=False,
+            max_memory: float | None = None) -> list[dict]:
+    """Run every scenario (or swept value) into ``out/<run>/`` and write the comparison.
+
+    Every run is set up (mesh, fields, every check of ``tme run``: :meth:`Problem.initialise`
+    without an output directory) on the ranks that will run it before any run starts; a failure
+    anywhere is raised on every rank, naming the run, and a refused comparison writes nothing.
+    """
     from .problem import Problem
 
     logger = log.get()
-    runs = plan(configs, list(sweeps), list(overrides))
-    out = outputs.prepare_directory(out, comm, overwrite)
+    runs = plan(configs, list(sweeps), list(overrides))  # every rank reads every file alike
+    inputs = [Path(c) for c in configs] + [Path(r.scenario.mesh.path) for r in runs
+                                           if getattr(r.scenario.mesh, "path", None) is not None]
+    outputs.check_directory(out, comm, overwrite, inputs)
     groups = min(comm.size, len(runs))
     color = comm.rank * groups // comm.size
     sub = comm.Split(color, comm.rank)
-    logger.info(f"compare: {len(runs)} run(s) on {groups} group(s) of ranks")
-    mine = []
-    for i, r in enumerate(runs):
-        if i % groups != color:
-            continue
-        if sub.rank == 0:
-            log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
-        level = logger.level
-        logger.setLevel(30)
+    try:
+        mine = [i for i in range(len(runs)) if i % groups == color]
+        failure, level = None, logger.level
+        logger.setLevel(30)  # the runs report themselves when they start
         try:
-            problem = Problem(r.scenario, sub, out / r.name, overwrite=overwrite).initialise()
-            summary = problem.run()
+            for i in mine:
+                try:
+                    Problem(runs[i].scenario, sub, max_memory=max_memory).initialise()
+                except ScenarioError as exc:  # agreed within the group by the set-up itself
+                    failure = (i, f"run {runs[i].name} ({runs[i].config}): {exc}")
+                    break
         finally:
             logger.setLevel(level)
-        mine.append((i, summary, problem.curve("burden")))
-    sub.Free()
-    gathered = comm.gather(mine, root=0)
+        _agree(comm, failure)
+        out = outputs.prepare_directory(out, comm, overwrite, inputs)
+        logger.info(f"compare: {len(runs)} run(s) on {groups} group(s) of ranks")
+        done, failure = [], None
+        for i in mine:
+            r = runs[i]
+            if sub.rank == 0:
+                log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
+            level = logger.level
+            logger.setLevel(30)
+            try:
+                problem = Problem(r.scenario, sub, out / r.name, overwrite=overwrite,
+                                  max_memory=max_memory, inputs=inputs).initialise()
+                summary = problem.run()
+            except ScenarioError as exc:  # a run stopped (RunError): the others finish theirs
+                failure = (i, f"run {r.name} stopped: {exc}; the other runs' results are in {out}")
+                break
+            finally:
+                logger.setLevel(level)
+            done.append((i, summary, problem.curve("burden")))
+        gathered = comm.gather(done, root=0)
+        _agree(comm, failure)
+    finally:
+        sub.Free()
     rows = []
     if comm.rank == 0:
         by_index = {i: (s, curve) for part in gathered for i, s, curve in part}
@@ -116,3 +145,10 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
         (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
         logger.info(f"compare: wrote {out / 'comparison.csv'} and {out / 'comparison.png'}")
     return comm.bcast(rows, root=0)
+
+
+def _agree(comm, failure: tuple[int, str] | None) -> None:
+    """Raise the failure of the lowest-numbered run on every rank, if any rank has one."""
+    failures = [f for f in comm.allgather(failure) if f is not None]
+    if failures:
+        raise ScenarioError(min(failures)[1])

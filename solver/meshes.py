@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,99 @@ def build(spec, comm: MPI.Comm = MPI.COMM_WORLD) -> Domain:
     else:
         raise TypeError(f"not a mesh spec: {type(spec).__name__}")
     return _finish(raw, getattr(spec, "regions", []), comm)
+
+
+# --------------------------------------------------------------------------------------------
+# The size of a mesh before it is built
+
+#: Cells per unit area (2-D, times h^2) and per unit volume (3-D, times h^3) of gmsh meshes with
+#: element size h: 2.31 is the equilateral triangle (area sqrt(3)/4 h^2); 4.9 was measured on gmsh
+#: balls (4.85 at R/h = 10, 4.56 at R/h = 20).
+CELLS_PER_H2, CELLS_PER_H3 = 2.31, 4.9
+
+#: Memory of the set-up and run per cell [bytes], and what any run needs besides (Python,
+#: DOLFINx, gmsh). Measured as the peak RSS of set-up plus two steps of the default scenario
+#: (the richest shipped one: 2 drugs, factor, oxygen, 5 clones) with its mesh refined: 2.5 kB
+#: per cell for the slice (89 821 cells, gmsh's own memory included), 1.6 kB for a rectangle
+#: (212 800 cells), 1.5 kB for a ball (152 924 tetrahedra); 110 MB before any mesh.
+BYTES_PER_CELL = 2000
+BASE_BYTES = 250e6
+
+#: A mesh file of this many bytes holds about one cell (binary .msh: 4 node numbers and a tag
+#: per cell plus coordinates; ASCII files hold fewer cells per byte, so this overestimates).
+FILE_BYTES_PER_CELL = 20
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What a mesh spec will cost, known before it is built."""
+
+    cells: float
+    how: str  # how the count was reached, for the message
+
+    @property
+    def memory(self) -> float:
+        """Memory of the set-up and the run [bytes]."""
+        return BASE_BYTES + self.cells * BYTES_PER_CELL
+
+
+def estimate(spec) -> SizeEstimate:
+    """The cell count and memory of the mesh a spec will build, from its sizes alone."""
+    if isinstance(spec, BuiltinMesh):
+        n = float(np.prod([float(c) for c in spec.cells]))
+        if spec.kind == "rectangle":
+            return SizeEstimate(2 * n, f"{' x '.join(map(str, spec.cells))} cells x 2 triangles")
+        return SizeEstimate(6 * n, f"{' x '.join(map(str, spec.cells))} cells x 6 tetrahedra")
+    if isinstance(spec, SliceMesh):
+        w, hgt = (list(spec.size) + [0.0, 0.0])[:2]
+        h = spec.h
+        cells = CELLS_PER_H2 * w * hgt / h**2
+        vh = spec.vessel_h or h / 3
+        for v in spec.vessels:
+            # the ring of width 2 h where the size grades from vessel_h to h
+            ring = math.pi * ((v.radius + 2 * h) ** 2 - v.radius**2)
+            cells += CELLS_PER_H2 * ring * max(1 / (vh * h) - 1 / h**2, 0.0)
+        return SizeEstimate(cells, f"{w:g} x {hgt:g} µm at h = {h:g} µm")
+    if isinstance(spec, KroghMesh):
+        rv, R, h = spec.vessel_radius, spec.tissue_radius, spec.h
+        # the element size of krogh_geometry: h/6 at the wall, growing linearly to h over ring
+        ring = min(8 * rv, (R - rv) / 2)
+        r = np.linspace(rv, R, 4001)
+        size = np.where(r < rv + ring, h / 6 + (5 * h / 6) * (r - rv) / ring, h)
+        if spec.dim == 2:
+            cells = CELLS_PER_H2 * np.trapezoid(2 * math.pi * r / size**2, r)
+            return SizeEstimate(float(cells), f"annulus {rv:g}-{R:g} µm at h = {h:g} µm")
+        L = spec.length or 0.0
+        cells = CELLS_PER_H3 * L * np.trapezoid(2 * math.pi * r / size**3, r)
+        return SizeEstimate(float(cells), f"cylinder {rv:g}-{R:g} µm x {L:g} µm at h = {h:g} µm")
+    if isinstance(spec, SpheroidMesh):
+        vol = 4 / 3 * math.pi * spec.radius**3
+        return SizeEstimate(CELLS_PER_H3 * vol / spec.h**3,
+                            f"ball of radius {spec.radius:g} µm at h = {spec.h:g} µm")
+    if isinstance(spec, FileMesh):
+        try:
+            size = Path(spec.path).stat().st_size
+        except OSError:
+            size = 0  # a missing file is reported when it is read
+        return SizeEstimate(size / FILE_BYTES_PER_CELL, f"{spec.path} of {size} bytes")
+    raise TypeError(f"not a mesh spec: {type(spec).__name__}")
+
+
+def check_size(spec, comm, limit: float | None = None) -> SizeEstimate:
+    """Refuse a mesh whose estimated memory exceeds ``limit`` [bytes] (default: the memory
+    available on the machines of ``comm``), before any of it is built (collective)."""
+    from .resources import available_memory, human
+
+    est = estimate(spec)
+    budget = limit if limit is not None else available_memory(comm)
+    if est.memory > budget:
+        have = (f"the limit --max-memory is {human(budget)}" if limit is not None else
+                f"{human(budget)} is available on {'this machine' if comm.size == 1 else 'the machines of this job'}")
+        raise ScenarioError(
+            f"mesh: about {est.cells:.3g} cells ({est.how}) would need about {human(est.memory)} of "
+            f"memory, but {have}; coarsen the mesh (mesh.h or mesh.cells), or raise the limit "
+            "with --max-memory")
+    return est
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +359,13 @@ def _slice(spec: SliceMesh, comm) -> _Raw:
             raise ScenarioError(f"mesh.vessels.{i}.center: ({cx:g}, {cy:g}) µm lies outside the slice "
                                 f"[{-width / 2:g}, {width / 2:g}] x [{-height / 2:g}, {height / 2:g}] µm "
                                 "(slices are centred on 0)")
+        # a hole must leave tissue around it: a vessel reaching the edge (or covering the whole
+        # slice) would cut the outer boundary and leave sides or the whole slice without cells
+        room = min(width / 2 - abs(cx), height / 2 - abs(cy))
+        if v.radius >= room:
+            raise ScenarioError(f"mesh.vessels.{i}.radius: {v.radius:g} µm reaches the edge of the slice "
+                                f"(the vessel at ({cx:g}, {cy:g}) µm has room for a radius below "
+                                f"{room:g} µm)")
         vessels.append((cx, cy, v.radius))
     return _from_gmsh(comm, lambda: slice_geometry((width, height), spec.h, vessels, spec.vessel_h))
 
@@ -499,6 +600,8 @@ def _from_gmsh(comm, make: Callable[[], None], source: Path | None = None) -> _R
         with gmsh_session() as gmsh:
             try:
                 make()
+                if not gmsh.model.mesh.getNodes()[0].size or not gmsh.model.getPhysicalGroups():
+                    raise ScenarioError("mesh: the geometry holds no tissue to mesh")
                 tdim = max(d for d, _ in gmsh.model.getPhysicalGroups())
                 z = gmsh.model.mesh.getNodes()[1].reshape(-1, 3)[:, 2]
                 # a flat mesh in a plane z = const is 2-D; a curved surface keeps its z

@@ -38,7 +38,7 @@ import ufl
 from dolfinx import fem
 from mpi4py import MPI
 
-from . import log, meshes, outputs, tissue
+from . import log, meshes, outputs, provenance, tissue
 from .clock import Clock, regular
 from .clones import check_references as check_clones
 from .kernel import KernelError
@@ -108,6 +108,14 @@ class Model:
     reactions: CloneReactions | None = None
     motility: list[SpeciesSolver] = field(default_factory=list)
     sv_dofs: np.ndarray | None = None             # S_V at the dofs (immune recruitment) [1/µm]
+    setup_seconds: float = 0.0                    # wall time of build()
+
+    def describe(self) -> str:
+        """One line: the mesh, the unknowns and how long the set-up took."""
+        d = self.domain
+        return (f"mesh: {d.dim}-D, {d.mesh.topology.index_map(d.dim).size_global} cells, "
+                f"{self.V.dofmap.index_map.size_global} dofs per field, regions: {', '.join(d.regions)}; "
+                f"{d.mesh.comm.size} rank(s); set up in {self.setup_seconds:.2f} s")
 
     def get(self, kind: str) -> Species | None:
         return next((s for s in self.species if s.kind == kind), None)
@@ -203,15 +211,18 @@ SPECIES = (
 )
 
 
-def build(scenario: Scenario, comm) -> Model:
+def build(scenario: Scenario, comm, max_memory: float | None = None) -> Model:
     """Mesh, tissue, species and clones of ``scenario``; checks every name it uses against the
-    mesh. Writes nothing."""
-    logger = log.get()
+    mesh. Writes nothing.
+
+    The mesh is refused before it is built when its estimated memory exceeds ``max_memory``
+    [bytes] (default: the memory available on the job's machines).
+    """
     t0 = wallclock.perf_counter()
+    meshes.check_size(scenario.mesh, comm, max_memory)
     domain = meshes.build(scenario.mesh, comm)
     tf = tissue.build(scenario.tissue, domain)
     V = fem.functionspace(domain.mesh, ("Lagrange", 1))
-    ndofs = V.dofmap.index_map.size_global
     _check_regions(scenario, domain)
     check_entry(scenario, domain, tf)  # every drug has a way into the tissue (needs mesh + tissue)
     plasma = PlasmaSet(scenario.drugs)
@@ -255,9 +266,7 @@ def build(scenario: Scenario, comm) -> Model:
     cl = scenario.clones
     if cl is not None and cl.clones:
         _build_clones(model, cl, nloc, domain, num, h)
-    logger.info(f"mesh: {domain.dim}-D, {domain.mesh.topology.index_map(domain.dim).size_global} cells, "
-                f"{ndofs} dofs per field, regions: {', '.join(domain.regions)}; "
-                f"{comm.size} rank(s); built in {wallclock.perf_counter() - t0:.1f} s")
+    model.setup_seconds = wallclock.perf_counter() - t0
     return model
 
 
@@ -359,14 +368,17 @@ class Problem:
 
     ``out``: the output directory, or None to build and step without writing anything (``tme
     validate`` builds through :meth:`initialise` only). ``overwrite``: replace a previous run's
-    files in ``out``. Times in hours; ``state`` holds everything that changes in time.
+    files in ``out``. ``max_memory``: the memory [bytes] the mesh may need (default: what the
+    job's machines have available). ``inputs``: the files the run reads (scenario, mesh), which
+    ``out`` must not replace. Times in hours; ``state`` holds everything that changes in time.
     """
 
     def __init__(self, scenario: Scenario, comm=MPI.COMM_WORLD, out: Path | None = None, *,
-                 overwrite: bool = False):
+                 overwrite: bool = False, max_memory: float | None = None, inputs=()):
         self.scenario, self.comm = scenario, comm
         self.out = None if out is None else Path(out)
         self.overwrite = overwrite
+        self.max_memory, self.inputs = max_memory, tuple(inputs)
         self.logger = log.get()
         self.model: Model | None = None
         self.outputs: list = []
@@ -381,10 +393,11 @@ class Problem:
         """Build the model, the protocol and the clock, then open the outputs (when ``out``).
 
         Everything a scenario can get wrong is found before any file is written."""
+        self.provenance = provenance.collect(resolved_yaml(self.scenario), self.comm)
         if self.out is not None and self._resume_from is None:
-            outputs.check_directory(self.out, self.comm, self.overwrite)
+            outputs.check_directory(self.out, self.comm, self.overwrite, self.inputs)
         sc = self.scenario
-        self.model = build(sc, self.comm)
+        self.model = build(sc, self.comm, self.max_memory)
         m = self.model
         self.protocol = Protocol(sc.treatment, sc.clones.mechanisms() if sc.clones else {},
                                  sc.cell_scale(m.domain.dim))
@@ -397,11 +410,50 @@ class Problem:
         self._ici = [i for i, s in enumerate(m.drugs)
                      if DRUG_CLASSES[sc.drugs[s.name].drug_class].activates_immunity]
         self.state = State(dt_next=self.clock.dt_first)
+        self._check_before_first_step()
         if self._resume_from is not None:
             self._restore(self._resume_from)
         if self.out is not None:
+            if self._resume_from is None:
+                outputs.check_space(self.out, self.comm, *self._output_size())
             self._open_outputs()
+            # only now: a refused run prints its one error line and nothing else
+            self.logger.info(m.describe())
         return self
+
+    def _check_before_first_step(self):
+        """What the time loop would otherwise find only when it gets there (identical on every
+        rank: it depends on the scenario and on the names of the fields alone)."""
+        sc = self.scenario
+        # every dose of every line, converted now: a second line's bad amount must not wait for
+        # the progression that starts it
+        scratch = PlasmaSet(sc.drugs)
+        for i, line in enumerate(sc.treatment.lines):
+            scratch.add_regimen(line.regimen, 0.0, f"treatment.lines.{i}.regimen")
+        snaps = sc.output.snapshots
+        # the default ('total') falls back to the transported species when there are no clones
+        if "fields" in snaps.model_fields_set and snaps.times != []:
+            names = [f.name for f in self._fields()]
+            for i, name in enumerate(snaps.fields):
+                if name not in names:
+                    raise ScenarioError(f"output.snapshots.fields.{i}: no field {name!r} in this scenario; "
+                                        f"its fields: {', '.join(names)}")
+
+    def _output_size(self) -> tuple[float, str]:
+        """About how many bytes the run writes, and of what (checked against the free space)."""
+        m, sc = self.model, self.scenario
+        frames = len(self.field_times) + 2  # and t = 0, and a stop between output times
+        dofs = m.V.dofmap.index_map.size_global
+        cells = m.domain.mesh.topology.index_map(m.domain.dim).size_global
+        sizes = [f.function_space.dofmap.index_map.size_global * f.function_space.dofmap.index_map_bs
+                 for f in self._fields()]
+        # 8 bytes a value, and per field HDF5's records of a dataset and its index entry
+        fields = frames * (1.1 * 8.0 * sum(sizes) + 8192.0 * len(sizes)) + 8.0 * (dofs * 3 + cells * 4)
+        rows = 2 * sc.time.end / sc.time.dt + 2  # steps shrink after each dose: a margin
+        series = rows * 24.0 * len(self._columns())
+        pictures = 300e3 * len(self._snapshot_times()) + (300e3 if sc.output.plots else 0.0)
+        what = f"{frames} frames of {len(sizes)} fields on {dofs} dofs, the time series and pictures"
+        return fields + series + pictures, what
 
     def _snapshot_times(self) -> list[float]:
         times = self.scenario.output.snapshots.times
@@ -413,7 +465,8 @@ class Problem:
         if not resumed:
             self.out = outputs.prepare_directory(self.out, comm, self.overwrite)
         if comm.rank == 0:
-            outputs.replace_text(self.out / "config.resolved.yaml", resolved_yaml(sc))
+            outputs.replace_text(self.out / "config.resolved.yaml",
+                                 provenance.header(self.provenance) + resolved_yaml(sc))
         self.series = TimeSeries(self.out / "timeseries.csv", self._columns(), comm, row=self._current_row)
         self.events = EventLog(self.out, comm, pending=self._take_events)
         self.fields = FieldOutput(self.out, m.domain.mesh, self._fields(), self.field_times,
@@ -863,6 +916,7 @@ class Problem:
                                  else f"signal {signal.Signals(self.signal).name}")
         summary = {
             "scenario": sc.name,
+            "provenance": provenance.finished(self.provenance),
             "end_time_hours": st.t,
             "stopped": stopped,
             "steps": st.steps,
@@ -1077,9 +1131,10 @@ class _Progress:
 
 
 def run(scenario: Scenario | None, out: Path, comm=MPI.COMM_WORLD, overwrite: bool = False,
-        quiet: bool = False, resume: bool = False, with_changes: bool = False, overrides=()) -> dict:
+        quiet: bool = False, resume: bool = False, with_changes: bool = False, overrides=(),
+        max_memory: float | None = None, inputs=()) -> dict:
     """Run a scenario into ``out`` (or continue the run in ``out``: ``resume``); returns the
-    summary (also written to summary.json)."""
+    summary (also written to summary.json). ``max_memory``, ``inputs``: see :class:`Problem`."""
     logger = log.get()
     level = logger.level
     if quiet:
@@ -1092,7 +1147,7 @@ def run(scenario: Scenario | None, out: Path, comm=MPI.COMM_WORLD, overwrite: bo
                 logger.warning(done.args[0])
                 return done.args[1]
         else:
-            problem = Problem(scenario, comm, out, overwrite=overwrite)
+            problem = Problem(scenario, comm, out, overwrite=overwrite, max_memory=max_memory, inputs=inputs)
         return problem.initialise().run()
     finally:
         logger.setLevel(level)

@@ -334,3 +334,48 @@ def test_bad_file_names_the_file(comm, tmp_path, name, text, problem):
         meshes.build(FileMesh(kind="file", path=path), comm)
     msg = str(err.value)
     assert msg.startswith(f"mesh.path: {path}") and problem in msg
+
+
+# --------------------------------------------------------------------------------------------
+# the size of a mesh, known before it is built
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("spec, low, high", [
+    (BuiltinMesh(kind="rectangle", size=["100 um", "50 um"], cells=[10, 5]), 1.0, 1.0),
+    (BuiltinMesh(kind="box", size=["100 um"] * 3, cells=[4, 3, 2]), 1.0, 1.0),
+    (SliceMesh(kind="slice2d", size=["400 um", "300 um"], h="20 um",
+               vessels=[Vessel(center=["0 um", "0 um"], radius="10 um"),
+                        Vessel(center=["100 um", "50 um"], radius="6 um")]), 0.85, 1.15),
+    (KroghMesh(kind="krogh", vessel_radius="10 um", tissue_radius="100 um", h="10 um"), 0.8, 1.2),
+    (KroghMesh(kind="krogh", dim=3, vessel_radius="10 um", tissue_radius="200 um", length="400 um",
+               h="20 um"), 0.8, 1.2),
+    (SpheroidMesh(kind="spheroid", radius="100 um", h="20 um"), 0.85, 1.15),
+    # a file is counted by its size: an overestimate (ASCII holds fewer cells per byte)
+    (FileMesh(kind="file", path=SHIPPED), 1.0, 3.0),
+], ids=["rectangle", "box", "slice2d", "krogh", "krogh-3d", "spheroid", "file"])
+def test_cell_count_is_estimated_before_building(comm, spec, low, high):
+    est = meshes.estimate(spec)
+    d = meshes.build(spec, comm)
+    built = d.mesh.topology.index_map(d.dim).size_global
+    assert low <= est.cells / built <= high, (est.cells, built)
+
+
+def test_a_mesh_beyond_the_memory_limit_is_refused_before_building(comm):
+    spec = BuiltinMesh(kind="rectangle", size=["1200 um", "800 um"], cells=[1200000, 200000])
+    with pytest.raises(ScenarioError, match=r"mesh: about 4.8e\+11 cells .* available on") as err:
+        meshes.check_size(spec, MPI.COMM_SELF)
+    assert "--max-memory" in str(err.value)
+    small = BuiltinMesh(kind="rectangle", size=["100 um", "100 um"], cells=[100, 100])
+    assert meshes.check_size(small, MPI.COMM_SELF).cells == 20000
+    with pytest.raises(ScenarioError, match="the limit --max-memory is 1 MB"):
+        meshes.check_size(small, MPI.COMM_SELF, limit=1e6)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("center, radius", [(["0 um", "0 um"], "80 um"), (["40 um", "0 um"], "15 um")])
+def test_a_vessel_leaving_no_tissue_or_cutting_the_edge_names_its_key(comm, center, radius):
+    spec = SliceMesh(kind="slice2d", size=["100 um", "100 um"], h="20 um",
+                     vessels=[Vessel(center=center, radius=radius)])
+    with pytest.raises(ScenarioError, match="mesh.vessels.0.radius: .* reaches the edge of the slice"):
+        meshes.build(spec, comm)

@@ -10,6 +10,8 @@ that their index or name lists only once complete (see :mod:`solver.outputs.fiel
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -38,32 +40,81 @@ class Output(Protocol):
     def close(self, state) -> None: ...
 
 
-def check_directory(out: Path, comm, overwrite: bool) -> None:
-    """Refuse ``out`` when it is a file, or a non-empty directory without ``overwrite``.
+def check_directory(out: Path, comm, overwrite: bool, inputs=()) -> None:
+    """Refuse an ``out`` a run cannot write into, before its (possibly long) set-up.
 
-    Writes nothing: a run checks this before its (possibly long) set-up.
+    Refused: a file (the scenario itself, or anything else); a path below a file; a directory
+    on a read-only filesystem or without write permission, or that cannot be created there; a
+    non-empty directory without ``overwrite``; with ``overwrite``, a directory in which the run
+    would replace one of its own ``inputs`` (the scenario or mesh file). Writes nothing.
     """
-    out = Path(out)
     err = None
     if comm.rank == 0:
-        if out.exists() and not out.is_dir():
-            err = f"--out {out}: exists and is not a directory"
-        elif out.is_dir() and any(out.iterdir()) and not overwrite:
-            err = (f"--out {out}: directory is not empty; choose another --out or pass --overwrite "
-                   f"to replace the results in it")
+        try:
+            err = _directory_problem(Path(out), overwrite, [Path(p) for p in inputs])
+        except OSError as exc:  # a name too long, a loop of links, ...
+            err = f"--out {out}: {exc.strerror or exc}"
     err = comm.bcast(err, root=0)
     if err:
         raise ScenarioError(err)
 
 
-def prepare_directory(out: Path, comm, overwrite: bool) -> Path:
+def _directory_problem(out: Path, overwrite: bool, inputs: list[Path]) -> str | None:
+    from ..resources import existing_ancestor
+
+    if out.exists() and not out.is_dir():
+        if any(p.exists() and out.samefile(p) for p in inputs):
+            return f"--out {out}: is the scenario's own input file; give a directory for the results"
+        return f"--out {out}: exists and is not a directory"
+    base = existing_ancestor(out)
+    if base.is_symlink() and not base.exists():
+        return f"--out {out}: {base} is a broken link or a loop of links"
+    if not base.is_dir():
+        return f"--out {out}: {base} is a file, so no directory can be made below it"
+    if os.statvfs(base).f_flag & os.ST_RDONLY:
+        return f"--out {out}: {base} is on a read-only filesystem"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"--out {out}: {base} is not writable (permission denied)"
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            return (f"--out {out}: directory is not empty; choose another --out or pass --overwrite "
+                    "to replace the results in it")
+        for name in RUN_FILES:
+            if any(p.exists() and (out / name).exists() and _within(p, out / name) for p in inputs):
+                return (f"--out {out}: --overwrite would replace {out / name}, which this run "
+                        "reads; choose another --out")
+    return None
+
+
+def _within(path: Path, target: Path) -> bool:
+    """``path`` is ``target`` or lies inside the directory ``target``."""
+    path, target = path.resolve(), target.resolve()
+    return path == target or target in path.parents
+
+
+def check_space(out: Path, comm, nbytes: float, what: str) -> None:
+    """Refuse a run whose outputs (about ``nbytes``: ``what``) do not fit on the disk of ``out``."""
+    from ..resources import free_space, human
+
+    err = None
+    if comm.rank == 0:
+        free = free_space(Path(out))
+        if free is not None and free < nbytes:
+            err = (f"--out {out}: the run will write about {human(nbytes)} ({what}) but its "
+                   f"filesystem has {human(free)} free; free some space or choose another --out")
+    err = comm.bcast(err, root=0)
+    if err:
+        raise ScenarioError(err)
+
+
+def prepare_directory(out: Path, comm, overwrite: bool, inputs=()) -> Path:
     """Create ``out``; a non-empty directory is refused unless ``overwrite``.
 
     With ``overwrite`` only the files a run writes are removed, never anything else a user keeps
     there.
     """
     out = Path(out)
-    check_directory(out, comm, overwrite)
+    check_directory(out, comm, overwrite, inputs)
     if comm.rank == 0:
         if out.is_dir() and overwrite:
             for name in RUN_FILES:
@@ -80,6 +131,73 @@ def prepare_directory(out: Path, comm, overwrite: bool) -> Path:
 #: Files and folders a run owns in its output directory (removed by --overwrite).
 RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields", "fields.h5", "timeseries.csv", "summary.json",
              "events.csv", "events.json", "plots", "snapshots", "checkpoint")
+
+
+def agree(comm, failure: OSError | None) -> None:
+    """Raise a write failure of any rank on every rank (collective).
+
+    Files are written by rank 0 alone or by every rank together; if one rank went on after a
+    failure it would wait forever in the next collective call while the other closes its files.
+    """
+    from ..resources import free_space
+
+    failures = [f for f in comm.allgather(failure) if f is not None]
+    if failures:
+        exc = failures[0]
+        exc.agreed = True  # raised on every rank: reported once, by rank 0, without an abort
+        if exc.filename:
+            exc.free = free_space(Path(exc.filename))  # now, before the run's claimed space is freed
+        raise exc
+
+
+@contextlib.contextmanager
+def hdf5_writes(comm, path: Path):
+    """Around collective HDF5 writes of ``path``: HDF5 prints no error stack of its own, and a
+    write that failed on a full disk is an OSError(ENOSPC) naming ``path`` on every rank (HDF5
+    itself only says that it could not create or close something)."""
+    from ..resources import free_space
+
+    _quiet_hdf5()
+    failure = None
+    try:
+        yield
+    except RuntimeError:
+        free = free_space(path)
+        # HDF5 does not pass on errno; a filesystem with (almost) nothing left is the cause
+        if free is None or free >= FULL_DISK_MARGIN:
+            raise
+        failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    agree(comm, failure)
+
+
+#: Free space [bytes] below which a failed HDF5 write is taken to be a full disk.
+FULL_DISK_MARGIN = 1 << 20
+
+
+def _quiet_hdf5():
+    """Switch off HDF5's automatic error printing in the library DOLFINx writes with: a failed
+    write is raised as an exception (and reported in one line), not as a page of HDF5 stack."""
+    global _HDF5_QUIET
+    if _HDF5_QUIET:
+        return
+    _HDF5_QUIET = True
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = {ln.split()[-1] for ln in fh if "libhdf5" in ln and ".so" in ln and "_hl" not in ln}
+    except OSError:
+        return
+    for lib in libs:
+        try:
+            h5 = ctypes.CDLL(lib)
+            h5.H5Eset_auto2.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+            h5.H5Eset_auto2(0, None, None)  # 0: H5E_DEFAULT, the error stack of this thread
+        except (OSError, AttributeError):
+            pass
+
+
+_HDF5_QUIET = False
 
 
 def write_json(path: Path, data, comm):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from . import replace_text
+from . import hdf5_writes, replace_text
 
 _HEAD = ('<?xml version="1.0"?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n'
          '<Xdmf Version="3.0">\n  <Domain>\n'
@@ -93,20 +93,23 @@ class FieldOutput:
         if self.comm.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
         self.comm.barrier()
-        if self._mesh_xml is None:
-            self._mesh_xml = self._write_mesh()
         k = int(state.written.get("frames", 0)) + 1
         name = f"frame_{k:06d}"
-        level = dlog.get_log_level()
-        # the frame's own file lists no mesh (the index points to the mesh file), which
-        # DOLFINx would warn about on every rank
-        dlog.set_log_level(dlog.LogLevel.ERROR)
-        try:
-            with io.XDMFFile(self.comm, str(self.dir / f"{name}.xdmf"), "w") as f:
-                for fn in self.functions:
-                    f.write_function(fn, t)
-        finally:
-            dlog.set_log_level(level)
+        # a full disk: one OSError naming the file, on every rank (the index still lists the
+        # frames before this one, each a closed file)
+        with hdf5_writes(self.comm, self.dir / f"{name}.h5"):
+            if self._mesh_xml is None:
+                self._mesh_xml = self._write_mesh()
+            level = dlog.get_log_level()
+            # the frame's own file lists no mesh (the index points to the mesh file), which
+            # DOLFINx would warn about on every rank
+            dlog.set_log_level(dlog.LogLevel.ERROR)
+            try:
+                with io.XDMFFile(self.comm, str(self.dir / f"{name}.xdmf"), "w") as f:
+                    for fn in self.functions:
+                        f.write_function(fn, t)
+            finally:
+                dlog.set_log_level(level)
         # the .h5 is closed now: list it in the index
         if self.comm.rank == 0:
             frame = self.dir / f"{name}.xdmf"
