@@ -18,7 +18,7 @@ CASES = [
          "unrecognized arguments: --bogus", files=S),
     Case("cli-unknown-global-option", ["--bogus", "validate", "{dir}/s.yaml"],
          "unrecognized arguments: --bogus", files=S),
-    Case("cli-run-without-config", ["run"], "required: config"),
+    Case("cli-run-without-config", ["run"], "give a scenario file"),
     Case("cli-validate-without-config", ["validate"], "required: config"),
     Case("cli-validate-two-configs", ["validate", "{dir}/s.yaml", "{dir}/s.yaml"],
          "unrecognized arguments", files=S),
