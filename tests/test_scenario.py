@@ -17,7 +17,7 @@ MINIMAL = """
 name: t
 mesh: {kind: rectangle, size: [1 mm, 500], cells: [10, 5]}
 drugs:
-  dox: {class: dna_damaging, diffusivity: 16 um^2/s, decay: 0.1 1/hour}
+  dox: {class: dna_damaging, diffusivity: 16 um^2/s, decay: 0.1 1/hour, boundary: {outer: {plasma: true}}}
 time: {end: 2 day}
 treatment: {lines: [{name: first, regimen: [{drug: dox, amount: 5 uM}]}]}
 """
