@@ -410,7 +410,6 @@ class Problem:
         self._ici = [i for i, s in enumerate(m.drugs)
                      if DRUG_CLASSES[sc.drugs[s.name].drug_class].activates_immunity]
         self.state = State(dt_next=self.clock.dt_first)
-        self._check_before_first_step()
         if self._resume_from is not None:
             self._restore(self._resume_from)
         if self.out is not None:
@@ -420,24 +419,6 @@ class Problem:
             # only now: a refused run prints its one error line and nothing else
             self.logger.info(m.describe())
         return self
-
-    def _check_before_first_step(self):
-        """What the time loop would otherwise find only when it gets there (identical on every
-        rank: it depends on the scenario and on the names of the fields alone)."""
-        sc = self.scenario
-        # every dose of every line, converted now: a second line's bad amount must not wait for
-        # the progression that starts it
-        scratch = PlasmaSet(sc.drugs)
-        for i, line in enumerate(sc.treatment.lines):
-            scratch.add_regimen(line.regimen, 0.0, f"treatment.lines.{i}.regimen")
-        snaps = sc.output.snapshots
-        # the default ('total') falls back to the transported species when there are no clones
-        if "fields" in snaps.model_fields_set and snaps.times != []:
-            names = [f.name for f in self._fields()]
-            for i, name in enumerate(snaps.fields):
-                if name not in names:
-                    raise ScenarioError(f"output.snapshots.fields.{i}: no field {name!r} in this scenario; "
-                                        f"its fields: {', '.join(names)}")
 
     def _output_size(self) -> tuple[float, str]:
         """About how many bytes the run writes, and of what (checked against the free space)."""

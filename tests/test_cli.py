@@ -207,9 +207,9 @@ def test_validate_refuses_what_run_would_refuse(tmp_path):
     for args in (["validate", config], ["run", config, "--out", tmp_path / "out"]):
         p = _tme(*args)
         _, err = p.communicate(timeout=120)
-        assert p.returncode == 2 and _tme_lines(err) == [
-            "tme: error: output.snapshots.fields.0: no field 'dox' in this scenario; its fields: d, region, "
-            "auc_d, time_above_ec50_d"], err
+        lines = _tme_lines(err)
+        assert p.returncode == 2 and len(lines) == 1, err
+        assert "output.snapshots.fields.0: no field 'dox'" in lines[0] and "auc_d" in lines[0], err
     assert not (tmp_path / "out").exists()
 
 
