@@ -46,6 +46,7 @@ from .pharmacology import DRUG_CLASSES
 from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
 from .outputs.fields import FieldOutput
+from .outputs.network import NetworkOutput
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
@@ -55,6 +56,8 @@ from .scenario import Scenario, resolved_yaml
 from .spec import ScenarioError, located
 from .state import State
 from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, check_entry, compile_form
+from .vasculature import coupling as vessels
+from .vasculature.coupling import VascularCoupling
 
 #: The signals that stop a run cleanly; the exit status is 128 + the signal's number.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -108,6 +111,8 @@ class Model:
     reactions: CloneReactions | None = None
     motility: list[SpeciesSolver] = field(default_factory=list)
     sv_dofs: np.ndarray | None = None             # S_V at the dofs (immune recruitment) [1/µm]
+    vessels: VascularCoupling | None = None       # the vessel network and its exchange
+    vessel_dofs: np.ndarray | None = None         # perfused vessel length per dof volume [1/µm²]
     setup_seconds: float = 0.0                    # wall time of build()
 
     def describe(self) -> str:
@@ -253,6 +258,8 @@ def build(scenario: Scenario, comm, max_memory: float | None = None) -> Model:
             model.species.append(sp)
     if model.get("immune") is not None:
         model.sv_dofs = _to_dofs(V, tf.vascular_density, model.mass)
+    if scenario.vasculature is not None:
+        _build_vessels(model, h)
 
     # region tags as a DG0 field, for ParaView
     W = tf.ecm_fraction.function_space
@@ -268,6 +275,28 @@ def build(scenario: Scenario, comm, max_memory: float | None = None) -> Model:
         _build_clones(model, cl, nloc, domain, num, h)
     model.setup_seconds = wallclock.perf_counter() - t0
     return model
+
+
+def _build_vessels(model: Model, h: float):
+    """The vessel network of ``scenario.vasculature``: its flow, and the exchange of every drug
+    (inlet level: its plasma level) and of oxygen (inlet level: the blood level) with the tissue."""
+    sc = model.scenario
+    spec = sc.vasculature
+    msh = model.domain.mesh
+    net = vessels.build(spec, msh, getattr(sc.mesh, "regions", []))
+    vessels.check_inside(net, msh)
+    vc = vessels.VascularCoupling(net, spec, model.V, spacing=h / 4.0)
+    for s in model.species:
+        if s.kind == "drug":
+            vc.add(s.name, sc.drugs[s.name].permeability, s.solver.model.diffusivity, _mean_of(model.plasma, s.name))
+        elif s.kind == "oxygen":
+            vc.add(s.name, sc.oxygen.permeability, s.solver.model.diffusivity,
+                   lambda t0, t1, level=sc.oxygen.blood_level: level)
+    model.vessels = vc
+    if model.get("immune") is not None:
+        model.vessel_dofs = vc.line_density() / np.where(model.mass > 0, model.mass, 1.0)
+    log.get().info(f"vasculature: {net.num_segments} segments, {vc.perfused_length() / 1e3:.1f} mm of vessel, "
+                   f"{100 * vc.perfused_fraction():.0f} % of it perfused")
 
 
 def _check_regions(scenario: Scenario, domain: meshes.Domain):
@@ -453,6 +482,8 @@ class Problem:
         self.fields = FieldOutput(self.out, m.domain.mesh, self._fields(), self.field_times,
                                   before_write=self._update_fields, segment=st.segments)
         self.snapshots = _Snapshots(self, self._snapshot_times())
+        self.network = (NetworkOutput(self.out, m.vessels, self.field_times, comm)
+                        if m.vessels is not None else None)
         ck = sc.output.checkpoint
         self.checkpoint = Checkpoint(self.out, comm, self._checkpoint_functions(), self.checkpoint_times,
                                      None if ck.wall is None else ck.wall * 3600.0, resolved_yaml(sc),
@@ -461,12 +492,16 @@ class Problem:
         # the checkpoint after those it counts; the summary and the plots when the run ends
         self.outputs = [self.series, self.events, self.fields, self.snapshots, self.checkpoint,
                         _Summary(self)] + ([_Plots(self)] if sc.output.plots else [])
+        if self.network is not None:
+            self.outputs.insert(3, self.network)
         try:
             if resumed:
                 w = st.written
                 self.series.keep(w.get("rows", 0))
                 self.events.keep(w.get("events", 0))
                 self.fields.keep(w.get("frames", 0))
+                if self.network is not None:
+                    self.network.keep(w.get("frames", 0))
         except (OSError, ValueError) as exc:
             err = f"--resume {self.out}: its outputs do not match the checkpoint: {exc}"
         else:
@@ -491,6 +526,8 @@ class Problem:
         if self.outputs:
             self.events.write(st, 0.0)
             self.fields.write(st, 0.0)
+            if self.network is not None:
+                self.network.write(st, 0.0)
             self.series.write(st, 0.0)
 
     def iterate(self) -> None:
@@ -544,6 +581,8 @@ class Problem:
                     progress.update(st.t)
             if self.outputs and st.stopped is not None and self.fields.times[-1:] != [st.t]:
                 self.fields.write(st, st.t)
+                if self.network is not None:
+                    self.network.write(st, st.t)
             if self.signal is None and st.stopped is None and sc.treatment.lines:
                 self._new_events += self.protocol.end(st.t)
                 if self.outputs:
@@ -738,11 +777,19 @@ class Problem:
                 im = self.scenario.immune
                 if self._ici:
                     activation = self._activation()
-                    source = (im.recruitment * m.sv_dofs * (1.0 + im.boost * act0),
-                              im.recruitment * m.sv_dofs * (1.0 + im.boost * activation))
+                # recruitment from the continuum S_V and, with a network, per unit length of
+                # perfused vessel
+                rate = im.recruitment * m.sv_dofs
+                if m.vessel_dofs is not None:
+                    rate = rate + self.scenario.vasculature.immune_recruitment * m.vessel_dofs
+                if self._ici:
+                    source = (rate * (1.0 + im.boost * act0), rate * (1.0 + im.boost * activation))
                 else:
-                    source = im.recruitment * m.sv_dofs
-            s.solver.step(t0, t1, n_tot, nodal_source=source)
+                    source = rate
+            exchange = None
+            if m.vessels is not None and s.name in m.vessels.species:
+                exchange = m.vessels.exchange(s.name, s.solver.c.x.array, t0, t1)
+            s.solver.step(t0, t1, n_tot, nodal_source=source, nodal_exchange=exchange)
         if m.reactions is not None:
             for i, solver in enumerate(m.motility):
                 solver.c.x.array[:] = m.N[i]
@@ -859,6 +906,8 @@ class Problem:
             cols += [f"clone_{c}" for c in m.clone_names]
             cols += [f"clone_{c}@{r}" for r in m.region_mass for c in m.clone_names]
         cols += [f"total_{s.name}" for s in m.species] + [f"plasma_{s.name}" for s in m.drugs]
+        if m.vessels is not None:
+            cols += ["perfused_length_um", "perfused_fraction"]
         if self.scenario.treatment.lines:
             cols += ["assessment", "nadir", "progression"]
         return cols
@@ -880,6 +929,9 @@ class Problem:
             row[f"total_{s.name}"] = self._species_totals[s.name]
             if s.kind == "drug":
                 row[f"plasma_{s.name}"] = levels[s.name]
+        if m.vessels is not None:
+            row["perfused_length_um"] = m.vessels.perfused_length()
+            row["perfused_fraction"] = m.vessels.perfused_fraction()
         if self.scenario.treatment.lines:
             row["assessment"] = int(assessed is not None)
             row["nadir"] = protocol.nadir if assessed is not None else ""

@@ -26,6 +26,7 @@ from .protocol import CellScale, TreatmentSpec, cell_scale, check_references as 
 from .spec import BoundaryValue, Name, ScenarioError, Spec, at, located
 from .units import (Concentration, Diffusivity, Duration, Length, Permeability, Quantity, Rate, Time,
                     parse_quantity, show)
+from .vasculature.spec import VasculatureSpec
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,6 +424,8 @@ class Scenario(Spec):
     survival_factor: SurvivalFactorSpec = SurvivalFactorSpec(enabled=False)
     oxygen: OxygenSpec = OxygenSpec(enabled=False)
     immune: ImmuneSpec = ImmuneSpec(enabled=False)
+    vasculature: VasculatureSpec | None = Field(None, description="a vessel network (from a file or "
+                                                "generated) delivering drugs, oxygen and immune cells")
     clones: ClonesSpec | None = Field(None, description="cancer cell populations; without them "
                                       "cells fill the tissue (N_tot = 1) and only transport runs")
     treatment: TreatmentSpec = TreatmentSpec()
@@ -600,6 +603,11 @@ def validate(data: dict, source: str = "scenario", base_dir: Path | None = None)
         # absolute, so that config.resolved.yaml, read from the output directory, finds it too
         scenario = scenario.model_copy(update={"mesh": scenario.mesh.model_copy(
             update={"path": (base_dir / scenario.mesh.path).resolve()})})
+    vs = scenario.vasculature
+    if base_dir is not None and vs is not None and vs.file is not None and not vs.file.path.is_absolute():
+        # a network file is found beside the scenario, as a mesh file is
+        scenario = scenario.model_copy(update={"vasculature": vs.model_copy(update={
+            "file": vs.file.model_copy(update={"path": (base_dir / vs.file.path).resolve()})})})
     return scenario
 
 

@@ -648,6 +648,8 @@ def check_entry(scenario, domain, tissue_fields) -> None:
             ways.append("vessel walls")
         if d.permeability > 0 and sv_max > 0:
             ways.append("vascular density")
+        if d.permeability > 0 and getattr(scenario, "vasculature", None) is not None:
+            ways.append("vessel network")
         for bv in d.boundary.values():
             if bv.robin is not None and bv.robin <= 0:
                 continue  # a Robin coefficient of 0 is a closed boundary

@@ -115,7 +115,14 @@ class VascularCoupling:
         self.alpha = ALPHA if spec.well_model else None
         self.species: dict[str, _Species] = {}
 
-    def add(self, name: str, permeability: float, diffusivity: float, inlet: Callable[[float, float], float]):
+    def add(self, name: str, permeability: float, diffusivity, inlet: Callable[[float, float], float]):
+        """diffusivity [µm²/h]: a number, or a DG0 Function (e.g. hindered by the ECM), read in the
+        cell of each quadrature point."""
+        if isinstance(diffusivity, fem.Function):
+            W = diffusivity.function_space
+            diffusivity = diffusivity.x.array[W.dofmap.list[self.quad.cells, 0]]
+        elif isinstance(diffusivity, fem.Constant):
+            diffusivity = float(diffusivity.value)
         src = LineSource(self.quad, permeability, diffusivity, self.alpha)
         tr = Transit(self.net, self.flow, src.conductance)
         self.species[name] = _Species(src, tr, inlet, src.B @ self.flow.perfused.astype(float))
