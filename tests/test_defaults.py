@@ -37,6 +37,7 @@ FULL = {
     "time": {"end": "10 day"},
     "numerics": {},
     "output": {"snapshots": {}, "checkpoint": {}},
+    "vasculature": {"generate": {}, "blood": {}},
 }
 
 MESHES = [
@@ -55,8 +56,13 @@ LEANER = dict(FULL, clones={"clones": FULL["clones"]["clones"]},
               drugs={"dox": {"class": "dna_damaging", "diffusivity": "16 um**2/s"}},
               survival_factor={}, oxygen={}, immune={})
 
+#: a vessel network from a file, with conditions for its end nodes
+NETWORK_FILE = {"file": {"path": "n.vtp", "boundary": [{"where": "x < 0", "pressure": "40 mmHg"},
+                                                       {"where": "x > 0", "flow": "1 nl/min"}]}}
+
 SCENARIOS = ([dict(FULL, mesh=m) for m in MESHES]
-             + [dict(LEANER, mesh=MESHES[0]), {"name": "minimal", "mesh": MESHES[0], "time": {"end": "1 day"}}])
+             + [dict(LEANER, mesh=MESHES[0]), {"name": "minimal", "mesh": MESHES[0], "time": {"end": "1 day"}},
+                dict(FULL, mesh=MESHES[1], vasculature=NETWORK_FILE)])
 
 
 def _quantity_base(field) -> tuple[str, str] | None:
