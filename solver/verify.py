@@ -390,7 +390,7 @@ def bolus_uniform_solver(comm, scheme="backward_euler", estimate=False, n=4):
     W = fem.functionspace(dom.mesh, ("DG", 0))
     sv = fem.Function(W)
     sv.x.array[:] = p["SV"]
-    plasma = Plasma(PKSpec(model="one_compartment", half_life=p["half_life"]), "c")
+    plasma = Plasma(PKSpec(model="one_compartment", half_life=f"{p['half_life']!r} hour"), "c")
     plasma.add_dose(0.0, p["c0"])
     model = SpeciesModel("c", fem.Constant(dom.mesh, 1000.0), decay=0.5 * p["k"], uptake=p["k"],
                          permeability=p["P"], vascular_density=sv, plasma=plasma.mean)
