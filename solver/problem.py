@@ -480,7 +480,8 @@ class Problem:
         self.series = TimeSeries(self.out / "timeseries.csv", self._columns(), comm, row=self._current_row)
         self.events = EventLog(self.out, comm, pending=self._take_events)
         self.fields = FieldOutput(self.out, m.domain.mesh, self._fields(), self.field_times,
-                                  before_write=self._update_fields, segment=st.segments)
+                                  before_write=self._update_fields, segment=st.segments,
+                                  info=self.provenance)
         self.snapshots = _Snapshots(self, self._snapshot_times())
         self.network = (NetworkOutput(self.out, m.vessels, self.field_times, comm)
                         if m.vessels is not None else None)
@@ -902,7 +903,7 @@ class Problem:
         m = self.model
         cols = ["t", "dt", "line"]
         if m.N is not None:
-            cols += ["burden", "resistant_fraction"]
+            cols += ["burden", "burden_cells", "resistant_fraction"]
             cols += [f"clone_{c}" for c in m.clone_names]
             cols += [f"clone_{c}@{r}" for r in m.region_mass for c in m.clone_names]
         cols += [f"total_{s.name}" for s in m.species] + [f"plasma_{s.name}" for s in m.drugs]
@@ -912,6 +913,11 @@ class Problem:
             cols += ["assessment", "nadir", "progression"]
         return cols
 
+    def _in_cells(self, burdens: dict) -> dict:
+        """Burdens [µm^d] as cell counts (clones.cell_volume; in 2-D mesh.thickness)."""
+        scale = self.protocol.scale
+        return {} if scale is None else {k: scale.cells(v) for k, v in burdens.items()}
+
     def _current_row(self) -> dict:
         m, t = self.model, self.state.t
         dt, burden, fractions, assessed = self._last
@@ -919,6 +925,8 @@ class Problem:
         row = {"t": t, "dt": dt, "line": protocol.line.name if self.scenario.treatment.lines else ""}
         if m.N is not None:
             row["burden"] = burden
+            scale = protocol.scale
+            row["burden_cells"] = scale.cells(burden) if scale is not None else ""
             row["resistant_fraction"] = self._resistant_fraction(fractions)
             for i, c in enumerate(m.clone_names):
                 row[f"clone_{c}"] = float(self._amounts[i])
@@ -973,6 +981,8 @@ class Problem:
                 "final_burden": float(burdens[-1]),
                 "max_burden": float(burdens.max()),
                 "nadir_burden": st.nadir[0],
+                **self._in_cells({"final_burden_cells": float(burdens[-1]),
+                                  "nadir_burden_cells": st.nadir[0]}),
                 "nadir_time_hours": st.nadir[1],
                 "final_resistant_fraction": float(rf[-1]),
                 "max_resistant_fraction": float(rf.max()),

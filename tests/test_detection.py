@@ -49,6 +49,12 @@ def test_eradication_is_a_cure_and_stops_the_run(tmp_path):
     assert "not detectable" in log[first]["reason"]
     assert float(log[first]["time_hours"]) == pytest.approx(7 * 24.0)
     assert log[-1]["reason"] == "cured: not detectable"
+    # the burden as a cell count: 0.3 × 100 µm × 100 µm × 18 µm / 3000 µm³ = 18 cells at t = 0
+    with open(tmp_path / "out" / "timeseries.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["burden_cells"]) == pytest.approx(18.0, rel=1e-12)
+    assert all(float(r["burden_cells"]) == pytest.approx(float(r["burden"]) * 18.0 / 3000.0, rel=1e-12)
+               for r in rows)
 
 
 def test_an_eradicated_tumour_that_goes_on_is_never_called_progressing(tmp_path):

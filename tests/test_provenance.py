@@ -94,6 +94,11 @@ def test_a_run_records_provenance_everywhere(comm, tmp_path):
     # the seed of the random field is in the resolved scenario, which reloads to the same one
     assert yaml.safe_load(body)["tissue"]["regions"]["tissue"]["ecm_fraction"]["seed"] == 7
     assert sc.load(out / "config.resolved.yaml") == sc.load(cfg)
+    # and in the field index, which ParaView reads past
+    import xml.etree.ElementTree as ET
+
+    info = ET.parse(out / "fields.xdmf").getroot().find("./Domain/Information[@Name='provenance']")
+    assert info is not None and json.loads(info.get("Value"))["scenario_sha256"] == rec["scenario_sha256"]
 
 
 def test_default_seed_is_recorded(tmp_path):

@@ -18,7 +18,9 @@ Units: fields as in the model (µM, volume fractions, µM·hour, hour); times in
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import quoteattr
 from pathlib import Path
 
 from . import hdf5_writes, replace_text
@@ -37,7 +39,8 @@ class FieldOutput:
     for explicitly); ``before_write`` refreshes derived fields before a frame is written.
     """
 
-    def __init__(self, out: Path, mesh, functions: list, times, before_write=None, segment: int = 1):
+    def __init__(self, out: Path, mesh, functions: list, times, before_write=None, segment: int = 1,
+                 info: dict | None = None):
         self.out, self.mesh, self.functions = Path(out), mesh, functions
         self.comm = mesh.comm
         self.milestones = tuple(times)
@@ -48,6 +51,10 @@ class FieldOutput:
         self.frames: list[str] = []   # one <Grid> per output time, as XML text (rank 0)
         self.times: list[float] = []
         self._mesh_xml: tuple[str, str] | None = None
+        # the run's provenance, as an XDMF Information element of the index (readers skip it)
+        self._head = _HEAD if not info else _HEAD.replace(
+            "  <Domain>\n", "  <Domain>\n    <Information Name=\"provenance\" Value="
+            + quoteattr(json.dumps(info, default=str)) + " />\n", 1)
 
     # -- resuming -----------------------------------------------------------------------------
     def keep(self, n: int) -> None:
@@ -75,7 +82,7 @@ class FieldOutput:
             ET.indent(g, space="  ", level=3)
             self.frames.append("      " + ET.tostring(g, encoding="unicode").rstrip() + "\n")
             self.times.append(float(g.find("Time").get("Value")))
-        replace_text(index, _HEAD + "".join(self.frames) + _TAIL)
+        replace_text(index, self._head + "".join(self.frames) + _TAIL)
         for f in self.dir.glob("frame_*.h5"):   # written after the checkpoint
             if int(f.stem.split("_")[1]) > n:
                 f.unlink()
@@ -125,7 +132,7 @@ class FieldOutput:
                 parts.append("        " + ET.tostring(a, encoding="unicode").rstrip() + "\n")
             parts.append("      </Grid>\n")
             self.frames.append("".join(parts))
-            replace_text(self.out / "fields.xdmf", _HEAD + "".join(self.frames) + _TAIL)
+            replace_text(self.out / "fields.xdmf", self._head + "".join(self.frames) + _TAIL)
         self.times.append(t)
         state.written["frames"] = k
         self.comm.barrier()
