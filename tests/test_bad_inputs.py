@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bad_inputs import Case, all_cases
+from runs import finish, tme
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = all_cases()
@@ -62,22 +63,14 @@ def _run(case: Case, tmp: Path, ranks: int) -> None:
         case.setup(d, out)
     before = _digest(out)
     argv = [a.replace("{dir}", str(d)).replace("{out}", str(out)) for a in case.argv]
-    cmd = [sys.executable, "-m", "solver", *argv]
-    if ranks > 1:
-        cmd = ["mpirun", "-n", str(ranks), *cmd]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **case.env)
-    env.pop("OMPI_COMM_WORLD_RANK", None)
+    proc = tme(*argv, ranks=ranks, cwd=d, env=case.env)
     try:
-        proc = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True,
-                              errors="replace", timeout=case.timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{case.id}: no answer within {case.timeout:g} s on {ranks} rank(s) (a hang)")
+        _, err = finish(proc, case.timeout)
     finally:
         # a setup may have made things read-only: give them back so that tmp can be removed
         for p in (d, out):
             if p.exists():
                 subprocess.run(["chmod", "-R", "u+w", str(p)], check=False)
-    err = proc.stderr
     assert "Traceback" not in err, f"{case.id}: traceback on stderr:\n{err}"
     assert proc.returncode != 0, f"{case.id}: exit status 0; stderr:\n{err}"
     lines = [ln for ln in err.splitlines() if ln.strip()]

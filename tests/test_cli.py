@@ -19,6 +19,8 @@ import pytest
 
 from solver import cli
 
+from runs import finish as _finish, tme as _tme  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = """\
@@ -55,15 +57,6 @@ def _readable(out: Path, frames_at_least: int = 1) -> int:
         with h5py.File(out / f, "r") as h5:
             assert len(h5.keys())
     return len(rows)
-
-
-def _tme(*args, ranks=1, **kw):
-    cmd = [sys.executable, "-m", "solver", *map(str, args)]
-    if ranks > 1:
-        cmd = ["mpirun", "-n", str(ranks), *cmd]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("OMPI_COMM_WORLD_RANK", None)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _tme_lines(stderr: str) -> list[str]:
@@ -107,10 +100,10 @@ def test_real_interrupt_prints_one_line(tmp_path):
     p = _tme("run", _config(tmp_path, "2000 hour"), "--out", out)
     deadline = time.monotonic() + 60
     while not (out / "timeseries.csv").exists() or len((out / "timeseries.csv").read_text().splitlines()) < 4:
-        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        assert p.poll() is None and time.monotonic() < deadline, _finish(p, 0.01)
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    _, err = _finish(p, 60)
     assert p.returncode == 130, err
     # stopped at the end of the step by the run itself, or interrupted during its set-up
     assert "Traceback" not in err and len(_tme_lines(err)) == 1, err
@@ -142,7 +135,7 @@ def test_disk_full_during_the_run(tmp_path, ranks):
                  "--set", "mesh.cells=[40, 40]", ranks=ranks)
         deadline = time.monotonic() + 90
         while not (out / "timeseries.csv").exists() or len((out / "timeseries.csv").read_text().splitlines()) < 30:
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            assert p.poll() is None and time.monotonic() < deadline, _finish(p, 0.01)
             time.sleep(0.05)
         # another program fills the disk
         with open(disk / "filler", "wb") as fh:
@@ -152,7 +145,7 @@ def test_disk_full_during_the_run(tmp_path, ranks):
                     fh.flush()
             except OSError:
                 pass
-        _, err = p.communicate(timeout=90)
+        _, err = _finish(p, 90)
         assert p.returncode not in (0, None), err
         lines = _tme_lines(err)
         assert "Traceback" not in err and len(lines) == 1, err
@@ -195,7 +188,7 @@ def test_unwritable_directory_is_refused_before_set_up():
 
 def test_validate_runs_the_set_up_and_says_how_long(tmp_path):
     p = _tme("validate", _config(tmp_path), "--quiet-ok")
-    out, err = p.communicate(timeout=120)
+    out, err = _finish(p, 120)
     assert p.returncode == 0 and out == "", err
     assert "mesh: 2-D, 800 cells" in err and "set up in" in err and "valid" in err, err
 
@@ -206,7 +199,7 @@ def test_validate_refuses_what_run_would_refuse(tmp_path):
     config.write_text(config.read_text().replace("times: []", "fields: [dox], times: [2 hour]"))
     for args in (["validate", config], ["run", config, "--out", tmp_path / "out"]):
         p = _tme(*args)
-        _, err = p.communicate(timeout=120)
+        _, err = _finish(p, 120)
         lines = _tme_lines(err)
         assert p.returncode == 2 and len(lines) == 1, err
         assert "output.snapshots.fields.0: no field 'dox'" in lines[0] and "auc_d" in lines[0], err
@@ -216,7 +209,7 @@ def test_validate_refuses_what_run_would_refuse(tmp_path):
 @pytest.mark.parametrize("config", ["default.yaml", "penetration.yaml", "caf_shield.yaml"])
 def test_shipped_scenarios_pass_the_whole_set_up(config):
     p = _tme("validate", ROOT / "configs" / config, "--quiet-ok")
-    _, err = p.communicate(timeout=300)
+    _, err = _finish(p, 300)
     assert p.returncode == 0, err
 
 

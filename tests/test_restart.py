@@ -33,6 +33,8 @@ from mpi4py import MPI  # noqa: E402
 from solver import scenario as sc  # noqa: E402
 from solver.problem import Problem, RunError  # noqa: E402
 
+from runs import children as _children, finish as _finish, tme as _tme  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Small and quick, with all a checkpoint must carry: two drugs (infusions), oxygen on AMG (its
@@ -210,31 +212,6 @@ def test_stopped_twice_and_resumed_equals_the_straight_run(comm, tmp_path, strai
     assert len(list((out / "checkpoint").glob("step_*"))) == 1
 
 
-def _tme(*args, ranks=1, **kw):
-    cmd = [sys.executable, "-m", "solver", *map(str, args)]
-    if ranks > 1:
-        cmd = ["mpirun", "-n", str(ranks), *cmd]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("OMPI_COMM_WORLD_RANK", None)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, **kw)
-
-
-def _finish(p, timeout: float):
-    """(stdout, stderr) of a run started by _tme; on a timeout the ranks and mpirun are killed
-    (mpirun puts each rank in a process group of its own) and the test fails."""
-    try:
-        return p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for pid in _children(p.pid) + [p.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _, err = p.communicate()
-        pytest.fail(f"no answer within {timeout:g} s (a hang); stderr:\n{err}")
-
-
 def _config(path: Path, **changes) -> Path:
     data = json.loads(json.dumps(SCENARIO))
     for key, value in changes.items():
@@ -287,22 +264,6 @@ def _wait_rows(path: Path, n: int, proc, timeout=120.0):
     pytest.fail("no rows")
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (the ranks mpirun started)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return sorted(out)
-
-
-#: (ranks, signal, whom): on 2 ranks SIGTERM to one rank only, SIGINT to both ranks (as Slurm
-#: signals every task of a step), SIGUSR1 to mpirun, which forwards it to the ranks
 SIGNAL_CASES = [(1, signal.SIGTERM, "rank"), (1, signal.SIGINT, "rank"), (1, signal.SIGUSR1, "rank"),
                 (2, signal.SIGTERM, "one rank"), (2, signal.SIGINT, "ranks"), (2, signal.SIGUSR1, "mpirun")]
 
