@@ -218,10 +218,18 @@ def replace_text(path: Path, text: str) -> None:
 
 
 def append_line(fd: int, line: str) -> None:
-    """Append one whole line with a single write(2): a kill leaves it written or not at all."""
+    """Append one whole line with a single write(2): a kill leaves it written or not at all.
+
+    A disk that fills in the middle of the line gets the file cut back to its last whole line
+    before the error goes on."""
     data = line.encode()
-    while data:
-        data = data[os.write(fd, data):]
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        os.ftruncate(fd, start)
+        raise
 
 
 def plot_series(path: Path, t_hours: np.ndarray | None, series: dict, ylabel: str, title: str,
