@@ -1026,8 +1026,8 @@ class _Snapshots:
         pass
 
 
-class _Summary:
-    """``summary.json``: the whole run in numbers (see README), written when the run ends."""
+class _AtEnd:
+    """An output written once, when the run ends (``close``): no times of its own."""
 
     milestones: tuple[float, ...] = ()
 
@@ -1039,6 +1039,10 @@ class _Summary:
 
     def write(self, state, t: float) -> None:
         pass
+
+
+class _Summary(_AtEnd):
+    """``summary.json``: the whole run in numbers (see README), written when the run ends."""
 
     def close(self, state) -> None:
         p = self.problem
@@ -1046,19 +1050,8 @@ class _Summary:
             outputs.write_json(p.out / "summary.json", p.summary, p.comm)
 
 
-class _Plots:
+class _Plots(_AtEnd):
     """``plots/burden.png`` and ``plots/species.png`` over the whole run, when it ends (rank 0)."""
-
-    milestones: tuple[float, ...] = ()
-
-    def __init__(self, problem: Problem):
-        self.problem = problem
-
-    def due(self, state) -> bool:
-        return False
-
-    def write(self, state, t: float) -> None:
-        pass
 
     def close(self, state) -> None:
         p = self.problem

@@ -63,15 +63,7 @@ class TimeSeries:
     def keep(self, n: int) -> None:
         """Continue after the first ``n`` rows of an existing file (a resumed run); every rank
         gets the rows (the summary is made from them)."""
-        err = None
-        try:
-            if self.rank0:
-                self._keep(n)
-        except (OSError, ValueError) as exc:
-            err = str(exc)
-        err, self.rows = self.comm.bcast((err, self.rows), root=0)
-        if err:
-            raise ValueError(err)
+        self.rows = _kept(self.comm, self.rank0, self._keep, n, lambda: self.rows)
 
     def _keep(self, n: int) -> None:
         with open(self.path, newline="") as fh:
@@ -135,15 +127,7 @@ class EventLog:
 
     def keep(self, n: int) -> None:
         """Continue after the first ``n`` events (a resumed run); every rank gets them."""
-        err = None
-        try:
-            if self.rank0:
-                self._keep(n)
-        except (OSError, ValueError) as exc:
-            err = str(exc)
-        err, self.events = self.comm.bcast((err, self.events), root=0)
-        if err:
-            raise ValueError(err)
+        self.events = _kept(self.comm, self.rank0, self._keep, n, lambda: self.events)
 
     def _keep(self, n: int) -> None:
         saved = json.loads((self.out / "events.json").read_text()) if n else []
@@ -184,3 +168,18 @@ class EventLog:
         if self.rank0 and self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _kept(comm, rank0: bool, keep, n: int, kept):
+    """Rank 0 cuts a file back to its first ``n`` records (``keep(n)``); every rank gets the
+    records (``kept()`` on rank 0) or the same error."""
+    err = None
+    try:
+        if rank0:
+            keep(n)
+    except (OSError, ValueError) as exc:
+        err = str(exc)
+    err, records = comm.bcast((err, kept()), root=0)
+    if err:
+        raise ValueError(err)
+    return records
