@@ -6,24 +6,41 @@ ranks running; :func:`finish` kills mpirun and its ranks when a run does not ans
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+_SESSIONS: list[str] = []
+
+
+def mpirun(ranks: int) -> tuple[list[str], dict]:
+    """(command prefix, environment) for ``mpirun -n ranks`` with a session directory of its
+    own: mpirun names its session directory after its PID, and one left behind by a killed
+    mpirun makes a later mpirun with the same PID refuse to start ("prte_session_dir failed")."""
+    if not _SESSIONS:
+        _SESSIONS.append(tempfile.mkdtemp(prefix="tme-mpirun-"))
+        atexit.register(shutil.rmtree, _SESSIONS[0], True)
+    return ["mpirun", "-n", str(ranks)], {"TMPDIR": tempfile.mkdtemp(dir=_SESSIONS[0])}
 
 
 def tme(*args, ranks=1, cwd=ROOT, env: dict | None = None, **kw):
     """``tme ARGS`` (under ``mpirun -n ranks`` when ranks > 1) as a running process; ``env``:
     extra environment variables."""
     cmd = [sys.executable, "-m", "solver", *map(str, args)]
+    full = dict(os.environ, PYTHONPATH=str(ROOT))
     if ranks > 1:
-        cmd = ["mpirun", "-n", str(ranks), *cmd]
-    full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        prefix, session = mpirun(ranks)
+        cmd = prefix + cmd
+        full.update(session)
+    full.update(env or {})
     full.pop("OMPI_COMM_WORLD_RANK", None)
     return subprocess.Popen(cmd, cwd=cwd, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors="replace", start_new_session=True, **kw)

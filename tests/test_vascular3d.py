@@ -9,12 +9,12 @@ is poor (the core) and the resistant fraction rises there first.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from runs import finish, tme
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -23,13 +23,12 @@ COARSE = ["mesh.cells=[20, 20, 8]", "time.dt=12 hour", "time.dt_initial=1 hour",
 
 
 def _run(out: Path, config: str, sets: list[str], ranks: int = 1):
-    cmd = [sys.executable, "-m", "solver", "run", str(CONFIGS / config), "--out", str(out)]
+    args = ["run", CONFIGS / config, "--out", out]
     for s in sets:
-        cmd += ["--set", s]
-    if ranks > 1:
-        cmd = ["mpirun", "-n", str(ranks)] + cmd
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert p.returncode == 0, p.stderr[-3000:]
+        args += ["--set", s]
+    p = tme(*args, ranks=ranks)
+    _, err = finish(p, 1800)
+    assert p.returncode == 0, err[-3000:]
     with open(out / "timeseries.csv") as fh:
         rows = [{k: (float(v) if v not in ("", None) and k != "line" else v) for k, v in r.items()}
                 for r in csv.DictReader(fh)]
@@ -108,12 +107,10 @@ def test_network_file_scenario_runs_from_the_shipped_network(tmp_path):
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_missing_network_file_is_one_line_on_every_rank(tmp_path, ranks):
-    cmd = [sys.executable, "-m", "solver", "run", str(CONFIGS / "network_file.yaml"), "--out", str(tmp_path / "o"),
-           "--set", "vasculature.file.path=nowhere.vtp"]
-    if ranks > 1:
-        cmd = ["mpirun", "-n", str(ranks)] + cmd
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2, p.stderr[-2000:]
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("tme: error")]
+    p = tme("run", CONFIGS / "network_file.yaml", "--out", tmp_path / "o",
+            "--set", "vasculature.file.path=nowhere.vtp", ranks=ranks)
+    _, err = finish(p, 300)
+    assert p.returncode == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("tme: error")]
     assert len(lines) == 1 and "vasculature.file.path" in lines[0] and "nowhere.vtp: no such file" in lines[0]
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in err
