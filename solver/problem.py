@@ -12,10 +12,11 @@ directory it then opens the outputs. :meth:`Problem.iterate` takes one step,
 :meth:`Problem.resume` continues from one, on any number of ranks.
 
 One step from t to t + dt (MODEL.md §5): a half step of the pointwise clone reactions with the
-concentrations at t, a full backward-Euler transport step of every species with the cell density
-after that half step, and a second half step of reactions with the new concentrations. The step
-clock (:mod:`solver.clock`) lands steps exactly on doses, infusion ends, assessments, outputs,
-snapshots, checkpoints and the end.
+concentrations at t, a full transport step of every species (backward Euler or TR-BDF2) with the
+cell density after that half step, and a second half step of reactions with the new
+concentrations. The step clock (:mod:`solver.clock`) lands steps exactly on doses, infusion ends,
+assessments, outputs, snapshots, checkpoints and the end; with ``time.tolerance`` its controller
+sizes each step from the step's error estimates and redoes a rejected one from the saved fields.
 
 SIGINT, SIGTERM and SIGUSR1 (Slurm's ``--signal``) on any rank stop the run at the end of the
 current step on every rank: a checkpoint is written, the files closed, and the run reports where
