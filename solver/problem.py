@@ -768,7 +768,10 @@ class Problem:
         solvers = [s.solver for s in m.species] + list(m.motility)
         n = m.mass.size
         local = np.array([float(np.max(np.abs(s.c.x.array[:n]), initial=0.0)) for s in solvers])
-        peaks = self.comm.allreduce(local, op=MPI.MAX) if self.comm.size > 1 else local
+        peaks = local
+        if self.comm.size > 1:
+            peaks = np.empty_like(local)
+            self.comm.Allreduce(local, peaks, op=MPI.MAX)
         parts = []
         for s, peak in zip(solvers, peaks):
             name = s.model.name
