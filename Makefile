@@ -5,12 +5,15 @@
 
 ENV := scripts/env-exec
 NP ?= 2
+# the demo's 1525 dofs per field took 9 s on 1 rank and 17 s on 2 (docs/performance.md): far
+# below the size where a second rank pays, so it runs on one
+DEMO_NP ?= 1
 
 env:
 	@scripts/env.sh ensure
 
 demo: env
-	$(ENV) mpirun -n $(NP) tme run configs/default.yaml --out results/default --overwrite
+	$(ENV) mpirun -n $(DEMO_NP) tme run configs/default.yaml --out results/default --overwrite
 
 test: test-serial test-mpi
 

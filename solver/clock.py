@@ -227,7 +227,9 @@ def error_norm(parts, comm=None) -> float:
     if comm is not None and comm.size > 1:
         from mpi4py import MPI
 
-        sums = comm.allreduce(sums, op=MPI.SUM)
+        total = np.empty_like(sums)
+        comm.Allreduce(sums, total, op=MPI.SUM)
+        sums = total
     num, den = sums[0::2], sums[1::2]
     ok = den > 0
     if not ok.any():

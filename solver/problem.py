@@ -12,10 +12,11 @@ directory it then opens the outputs. :meth:`Problem.iterate` takes one step,
 :meth:`Problem.resume` continues from one, on any number of ranks.
 
 One step from t to t + dt (MODEL.md §5): a half step of the pointwise clone reactions with the
-concentrations at t, a full backward-Euler transport step of every species with the cell density
-after that half step, and a second half step of reactions with the new concentrations. The step
-clock (:mod:`solver.clock`) lands steps exactly on doses, infusion ends, assessments, outputs,
-snapshots, checkpoints and the end.
+concentrations at t, a full transport step of every species (backward Euler or TR-BDF2) with the
+cell density after that half step, and a second half step of reactions with the new
+concentrations. The step clock (:mod:`solver.clock`) lands steps exactly on doses, infusion ends,
+assessments, outputs, snapshots, checkpoints and the end; with ``time.tolerance`` its controller
+sizes each step from the step's error estimates and redoes a rejected one from the saved fields.
 
 SIGINT, SIGTERM and SIGUSR1 (Slurm's ``--signal``) on any rank stop the run at the end of the
 current step on every rank: a checkpoint is written, the files closed, and the run reports where
@@ -39,7 +40,7 @@ from dolfinx import fem
 from mpi4py import MPI
 
 from . import log, meshes, outputs, provenance, tissue
-from .clock import Clock, regular
+from .clock import Clock, Controller, error_norm, regular
 from .clones import check_references as check_clones
 from .kernel import KernelError
 from .pharmacology import DRUG_CLASSES
@@ -249,8 +250,9 @@ def build(scenario: Scenario, comm, max_memory: float | None = None) -> Model:
         for name, key, spec in kind.entries(scenario):
             solver = SpeciesSolver(kind.model(ctx, name, key, spec), V, domain.facet_tags,
                                    lumped=num.lumped_mass, solver=num.solver,
-                                   amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h,
-                                   scheme=num.time_scheme)
+                                   amg_threshold=num.amg_threshold, rtol=scenario.linear_rtol,
+                                   cell_size=h, scheme=scenario.scheme,
+                                   estimate=scenario.time.tolerance is not None)
             sp = Species(name, solver, kind.kind, getattr(spec, "ec50", None) if kind.kind == "drug" else None)
             if kind.kind == "drug":
                 sp.auc = fem.Function(V, name=f"auc_{name}")
@@ -351,7 +353,8 @@ def _build_clones(model: Model, cl, nloc, domain, num, h):
             model.motility.append(SpeciesSolver(
                 SpeciesModel(name=f"motility_{name}", diffusivity=fem.Constant(domain.mesh, cl.motility)),
                 V, domain.facet_tags, lumped=num.lumped_mass, solver=num.solver,
-                amg_threshold=num.amg_threshold, rtol=num.rtol, cell_size=h, scheme=num.time_scheme))
+                amg_threshold=num.amg_threshold, rtol=model.scenario.linear_rtol, cell_size=h, scheme=model.scenario.scheme,
+                estimate=model.scenario.time.tolerance is not None))
     np.sum(model.N, axis=0, out=model.n_tot.x.array)
 
 
@@ -438,6 +441,15 @@ class Problem:
         self._c = np.zeros((len(m.drugs), m.V.dofmap.index_map.size_local + m.V.dofmap.index_map.num_ghosts))
         self._ici = [i for i, s in enumerate(m.drugs)
                      if DRUG_CLASSES[sc.drugs[s.name].drug_class].activates_immunity]
+        tol = sc.time.tolerance
+        self.controller = None
+        if tol is not None:
+            self.controller = Controller(order=2, dt_min=sc.time.dt_min, dt_max=sc.time.dt)
+            if sc.time.dt_initial is None:
+                self.clock = Clock(end=self.clock.end, dt_max=self.clock.dt_max,
+                                   dt_first=self._restart_step(tol), dt_min=self.clock.dt_min,
+                                   milestones=self.clock.milestones)
+        self._step_info = ("", 0)
         self.state = State(dt_next=self.clock.dt_first)
         if self._resume_from is not None:
             self._restore(self._resume_from)
@@ -537,9 +549,12 @@ class Problem:
         next_event = m.plasma.next_event(st.t)
         next_assess = self.protocol.next_assessment() if sc.treatment.lines else math.inf
         t0 = st.t
-        t1 = clock.step_end(t0, st.dt_next, (next_event, next_assess))
+        if self.controller is None:
+            t1 = clock.step_end(t0, st.dt_next, (next_event, next_assess))
+            self._step(t0, t1)
+        else:
+            t1, dt_controlled = self._controlled_step(t0, (next_event, next_assess))
         dt = t1 - t0
-        self._step(t0, t1)
         st.t, st.steps = t1, st.steps + 1
         burden, fractions, regions = self._observe(t1)
         if burden < st.nadir[0]:
@@ -561,7 +576,14 @@ class Problem:
         self._log_doses(t1)
         self._last = (dt, burden, fractions, assessed)
         # a dose starts or an infusion ends, or a new line starts: small steps again
-        st.dt_next = clock.next_dt(dt, restart=switched or clock.at(t1, [next_event]))
+        restart = switched or clock.at(t1, [next_event])
+        if self.controller is None:
+            st.dt_next = clock.next_dt(dt, restart=restart)
+        elif restart:
+            # the plasma jumps: the error history says nothing about the next step
+            st.dt_next, st.err_prev = min(dt_controlled, clock.dt_first), None
+        else:
+            st.dt_next = dt_controlled
         for o in self.outputs:
             if o.due(st):
                 o.write(st, t1)
@@ -762,11 +784,91 @@ class Problem:
             out = np.maximum(out, hill(np.maximum(m.drugs[j].solver.c.x.array, 0.0), d.ec50, d.hill))
         return out
 
-    def _step(self, t0, t1):
+    def _restart_step(self, tol: float) -> float:
+        """The first step, and the first after a dose event, under ``time.tolerance`` [hour].
+
+        A bolus makes the plasma jump, and a well-perfused drug follows it within minutes; the
+        first reaction half step still sees the level before the dose, so it misses about
+        E_max dt/2 of kill (relative) — a splitting error neither estimate sees. A first step of
+        2 tol/E_max (the fastest drug) keeps it at the tolerance; the controller then grows the
+        steps by up to 5x each. Without drugs: dt tol^(1/3)."""
+        sc = self.scenario
+        guess = sc.time.dt * tol ** (1.0 / 3.0)
+        emax = max((d.emax for d in sc.drugs.values()), default=0.0)
+        if emax > 0:
+            guess = min(guess, 2.0 * tol / emax)
+        return min(sc.time.dt, max(sc.time.dt_min, guess))
+
+    def _controlled_step(self, t0: float, moving) -> tuple[float, float]:
+        """One step under ``time.tolerance``: tried, measured, and redone shorter from the saved
+        fields until its normalised error is at most 1. Returns (its end, the next step)."""
+        st, clock, ctl = self.state, self.clock, self.controller
+        saved = self._save_fields()
+        dt_try, rejected = st.dt_next, 0
+        while True:
+            t1 = ctl.land(t0, dt_try, clock.next_milestone(t0, moving), clock.tol)
+            self._step(t0, t1, estimate=True)
+            err = self._error_norm()
+            d = ctl.decide(t1 - t0, err, st.err_prev, after_reject=rejected > 0)
+            if d.accept:
+                break
+            for a, copy in saved:
+                a[...] = copy
+            rejected += 1
+            dt_try = d.dt_next
+        dt_next = d.dt_next
+        if t1 - t0 < dt_try * (1 - 1e-9) and not rejected:
+            # a milestone cut the step short: its small error says nothing against the longer
+            # step the controller had asked for
+            dt_next = max(dt_next, min(dt_try, ctl.dt_max))
+        st.err_prev = max(err, 1e-10)
+        st.rejections += rejected
+        self._step_info = (err, rejected)
+        return t1, dt_next
+
+    def _save_fields(self) -> list:
+        """(array, copy) of everything a step changes, for redoing a rejected step."""
+        m = self.model
+        arrays = ([s.solver.c.x.array for s in m.species] + [s.c.x.array for s in m.motility]
+                  + [m.n_tot.x.array] + [s.auc.x.array for s in m.drugs] + [s.above.x.array for s in m.drugs])
+        if m.N is not None:
+            arrays.append(m.N)
+        return [(a, a.copy()) for a in arrays]
+
+    def _error_norm(self) -> float:
+        """The step's normalised error (:func:`solver.clock.error_norm`): the transport estimate
+        of every species and the reaction estimate of every clone, each relative to
+        ``time.tolerance`` with the absolute floor ``tolerance_floor`` × its scale."""
+        sc, m, st = self.scenario, self.model, self.state
+        tol, floor = sc.time.tolerance, sc.time.tolerance_floor
+        solvers = [s.solver for s in m.species] + list(m.motility)
+        n = m.mass.size
+        local = np.array([float(np.max(np.abs(s.c.x.array[:n]), initial=0.0)) for s in solvers])
+        peaks = local
+        if self.comm.size > 1:
+            peaks = np.empty_like(local)
+            self.comm.Allreduce(local, peaks, op=MPI.MAX)
+        parts = []
+        for s, peak in zip(solvers, peaks):
+            name = s.model.name
+            scale = st.scales[name] = max(st.scales.get(name, 0.0), float(peak))
+            parts.append((s.error, s.c.x.array[:n], s.m, tol, max(tol * floor * scale, 1e-300)))
+        if m.reactions is not None:
+            # the first half step's estimate stands for both halves: its kept (finer) result
+            # carries a quarter of it, the second half about all of it
+            for i in range(len(m.clone_names)):
+                parts.append((1.25 * self._rx_error[i, :n], m.N[i, :n], m.mass, tol, tol * floor))
+        return error_norm(parts, self.comm)
+
+    def _step(self, t0, t1, estimate: bool = False):
         m = self.model
         dt = t1 - t0
         if m.reactions is not None:
-            m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
+            if estimate:
+                self._rx_error = m.reactions.advance_estimated(m.N, *self._concentrations(), 0.5 * dt,
+                                                               total=m.n_tot.x.array)
+            else:
+                m.reactions.advance(m.N, *self._concentrations(), 0.5 * dt, total=m.n_tot.x.array)
         n_tot = m.n_tot.x.array
         # immune recruitment follows the checkpoint inhibitors' activation, which moves with the
         # drugs during the step: its values at t0 and t1 (drugs are stepped first), linear between
@@ -902,6 +1004,8 @@ class Problem:
     def _columns(self) -> list[str]:
         m = self.model
         cols = ["t", "dt", "line"]
+        if self.scenario.time.tolerance is not None:
+            cols += ["error", "rejected"]
         if m.N is not None:
             cols += ["burden", "burden_cells", "resistant_fraction"]
             cols += [f"clone_{c}" for c in m.clone_names]
@@ -923,6 +1027,8 @@ class Problem:
         dt, burden, fractions, assessed = self._last
         protocol = self.protocol
         row = {"t": t, "dt": dt, "line": protocol.line.name if self.scenario.treatment.lines else ""}
+        if self.scenario.time.tolerance is not None:
+            row["error"], row["rejected"] = self._step_info
         if m.N is not None:
             row["burden"] = burden
             scale = protocol.scale
@@ -964,6 +1070,8 @@ class Problem:
             "ranks": self.comm.size,
             "dofs_per_field": m.V.dofmap.index_map.size_global,
             "wall_time_seconds": wall,
+            "time_scheme": self.scenario.scheme,
+            "rejected_steps": st.rejections,
             "in_loop": {"matrix_assemblies": loop_counters["matrix_assemblies"],
                         "form_compilations": loop_counters["form_compilations"]},
             "final_totals": dict(self._species_totals),

@@ -355,14 +355,28 @@ class ImmuneSpec(Spec):
 # Time, numerics, outputs
 
 
+#: Krylov tolerance as a fraction of time.tolerance: the algebraic error stays well below the
+#: time error (docs/performance.md measures that the total error does not grow).
+RTOL_FRACTION = 1e-2
+
+
 class TimeSpec(Spec):
     """Simulated period and step control [hour]."""
 
     end: Time = Field(gt=0, description="end of the simulation")
     dt: Duration = Field("1 hour", gt=0, description="largest step")
     dt_min: Duration = Field("0.001 hour", gt=0, description="smallest step")
-    dt_initial: Duration | None = Field(None, gt=0, description="first step after each dose, "
-                                                                "within [dt_min, dt]; default dt")
+    dt_initial: Duration | None = Field(None, gt=0, description="first step, and the step after a "
+                                        "dose event, within [dt_min, dt]; default dt (with "
+                                        "tolerance: dt times tolerance^(1/3))")
+    tolerance: float | None = Field(None, gt=0, lt=1, description="relative local error allowed per "
+                                    "step in the clone densities and the transported species, e.g. "
+                                    "1e-3: the steps then follow the error (TR-BDF2 and its error "
+                                    "estimate, a PI controller, rejected steps redone) and dt is the "
+                                    "largest step; unset: steps of dt, shorter after doses")
+    tolerance_floor: float = Field(1e-3, gt=0, le=1, description="below this fraction of a field's "
+                                   "scale (its largest value so far; the capacity for clones) the "
+                                   "tolerance is absolute")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -379,11 +393,13 @@ class NumericsSpec(Spec):
     lumped_mass: bool = True
     solver: Literal["auto", "jacobi", "amg", "direct"] = "auto"
     amg_threshold: float = Field(10.0, gt=0, description="'auto' uses AMG when D dt/h^2 exceeds this")
-    rtol: float = Field(1e-8, gt=0, lt=1, description="relative tolerance of every linear solve "
-                        "(the previous solution is the initial guess)")
-    time_scheme: Literal["backward_euler", "tr_bdf2"] = Field(
-        "backward_euler", description="transport step: 'backward_euler' (first order, positive) or "
-        "'tr_bdf2' (second order, L-stable, two solves per step with one matrix)")
+    rtol: float | None = Field(None, gt=0, lt=1, description="relative tolerance of every linear "
+                               "solve (the previous solution is the initial guess); default 1e-8, "
+                               "or time.tolerance/100 with time.tolerance")
+    time_scheme: Literal["backward_euler", "tr_bdf2"] | None = Field(
+        None, description="transport step: 'backward_euler' (first order, positive) or 'tr_bdf2' "
+        "(second order, L-stable, two solves per step with one matrix); default tr_bdf2 with "
+        "time.tolerance, else backward_euler")
     reaction_kernel: Literal["auto", "compiled", "numpy"] = Field(
         "auto", description="clone reaction step: 'compiled' (C generated for the population, "
         "built with the system C compiler and cached), 'numpy' (the reference), 'auto' (compiled "
@@ -440,6 +456,13 @@ class Scenario(Spec):
             check_clones(self.clones, self.drugs)
             mechanisms = self.clones.mechanisms()
         check_treatment(self.treatment, set(self.drugs), mechanisms)
+        if self.time.tolerance is not None:
+            if self.numerics.time_scheme == "backward_euler":
+                raise ValueError("numerics.time_scheme: time.tolerance needs the error estimate of "
+                                 "'tr_bdf2'; remove numerics.time_scheme or set it to tr_bdf2")
+            if not self.numerics.lumped_mass:
+                raise ValueError("numerics.lumped_mass: time.tolerance needs lumped mass (its error "
+                                 "estimate is built on it); remove lumped_mass: false")
         self._check_doses()
         self._check_output()
         return self
@@ -493,6 +516,21 @@ class Scenario(Spec):
         if self.output.snapshots.fields is not None:
             return list(self.output.snapshots.fields)
         return ["total"] if self.clones is not None else self.species_names()
+
+    @property
+    def scheme(self) -> str:
+        """The transport scheme in use: numerics.time_scheme, or its default."""
+        if self.numerics.time_scheme is not None:
+            return self.numerics.time_scheme
+        return "tr_bdf2" if self.time.tolerance is not None else "backward_euler"
+
+    @property
+    def linear_rtol(self) -> float:
+        """The Krylov tolerance: numerics.rtol, or 1e-8, or time.tolerance/100 (at most 1e-8 tighter)."""
+        if self.numerics.rtol is not None:
+            return self.numerics.rtol
+        tol = self.time.tolerance
+        return 1e-8 if tol is None else max(1e-12, RTOL_FRACTION * tol)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,10 @@ class State:
     solver that reuses its AMG preconditioner, ``{"dt": the step [hour] it was built for,
     "n_tot": whether a cell density entered it}`` (that density is saved with the fields); written: how many rows, events,
     field frames and checkpoints each output holds; wall_seconds: wall time of the earlier
-    segments of a resumed run [s]; segments: how many times the run was started.
+    segments of a resumed run [s]; segments: how many times the run was started. With
+    ``time.tolerance``: err_prev, the normalised error of the last accepted step (None after a
+    restart); rejections, the steps redone so far; scales, each field's largest value so far
+    (the scale of its absolute error floor) [its unit].
     """
 
     t: float = 0.0
@@ -46,6 +49,9 @@ class State:
     written: dict[str, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
     segments: int = 1
+    err_prev: float | None = None
+    rejections: int = 0
+    scales: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION, **asdict(self)}, indent=1)

@@ -240,3 +240,25 @@ def test_global_options_before_or_after_the_command(minimal):
     assert _tme("--quiet", "validate", str(minimal), "--quiet-ok").returncode == 0
     p = _tme("validate", str(minimal), "--quiet-ok", "--log-all-ranks", "-q")
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["time.tolerance=1e-3", "numerics.time_scheme=backward_euler"],
+     "numerics.time_scheme: time.tolerance needs the error estimate of 'tr_bdf2'"),
+    (["time.tolerance=1e-3", "numerics.lumped_mass=false"],
+     "numerics.lumped_mass: time.tolerance needs lumped mass"),
+    (["time.tolerance=2"], "time.tolerance: Input should be less than 1"),
+])
+def test_tolerance_settings_that_cannot_work_are_refused(minimal, overrides, expected):
+    with pytest.raises(ScenarioError) as err:
+        sc.load(minimal, overrides)
+    msg = str(err.value)
+    assert "\n" not in msg and expected in msg, msg
+
+
+def test_tolerance_chooses_tr_bdf2_and_ties_the_krylov_tolerance_to_it(minimal):
+    fixed = sc.load(minimal)
+    assert fixed.scheme == "backward_euler" and fixed.linear_rtol == 1e-8
+    adaptive = sc.load(minimal, ["time.tolerance=1e-3"])
+    assert adaptive.scheme == "tr_bdf2" and adaptive.linear_rtol == pytest.approx(1e-5)
+    assert sc.load(minimal, ["time.tolerance=1e-3", "numerics.rtol=1e-9"]).linear_rtol == 1e-9

@@ -380,3 +380,31 @@ def test_problem_without_an_output_directory_writes_nothing(tmp_path, monkeypatc
     summary = p.run()
     assert summary["end_time_hours"] == 8.0 and summary["steps"] == p.state.steps > 0
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.mpi
+def test_tolerance_is_honoured_on_the_well_mixed_case(comm, tmp_path):
+    """time.tolerance on the coupled well-mixed case (a bolus with uptake, three clones): the
+    error at 1 day against solve_ivp stays within 3x of each tolerance, every kept step has a
+    normalised error <= 1, a tenfold tighter tolerance costs about 10^(1/3) x the steps, and
+    the output time at 1 day is landed exactly."""
+    out = tmp_path if comm.size == 1 else Path(comm.bcast(str(tmp_path), root=0))
+    area = 100.0 * 100.0
+    ref = solve_ivp(_coupled_rhs, (0, 24.0), [0.0, 0.3, 0.01, 0.02], method="DOP853",
+                    rtol=1e-12, atol=1e-16).y[:, -1]
+    steps = {}
+    for tol in (1e-3, 1e-4):
+        cfg = _coupled_config("6 hour", "tr_bdf2")
+        cfg["numerics"] = {}
+        cfg["time"]["tolerance"] = tol
+        summary = run(sc.validate(cfg), out / f"tol{tol:g}", comm=comm, overwrite=True, quiet=True)
+        got = np.array([summary["final_totals"]["chemo"]]
+                       + [summary["final_clone_amounts"][c] for c in ("sensitive", "repair", "mdr")]) / area
+        err = float(np.max(np.abs(got - ref) / np.abs(ref)))
+        assert err < 3 * tol, (tol, err)
+        rows = _rows(out / f"tol{tol:g}" / "timeseries.csv")
+        assert all(float(r["error"]) <= 1.0 for r in rows[1:])
+        assert sum(int(r["rejected"]) for r in rows[1:]) == summary["rejected_steps"]
+        assert float(rows[-1]["t"]) == 24.0 and summary["time_scheme"] == "tr_bdf2"
+        steps[tol] = summary["steps"]
+    assert 1.5 < steps[1e-4] / steps[1e-3] < 3.5, steps
