@@ -188,7 +188,9 @@ class Controller:
             if after_reject:
                 ratio = min(ratio, 1.0)
             return Decision(True, self._bounded(dt * ratio))
-        if dt <= self.dt_min * (1 + 1e-12):
+        if dt <= self.dt_min * (1 + 1e-9):
+            # (1e-9: a step of dt_min from t lands at t + dt_min, whose difference from t is
+            # dt_min only to the rounding of t)
             return Decision(True, self._bounded(dt), forced=True)
         ratio = max(self.shrink, self.safety * err ** (-1.0 / (self.order + 1)))
         return Decision(False, self._bounded(dt * ratio))

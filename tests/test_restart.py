@@ -212,6 +212,21 @@ def test_stopped_twice_and_resumed_equals_the_straight_run(comm, tmp_path, strai
     assert len(list((out / "checkpoint").glob("step_*"))) == 1
 
 
+@pytest.mark.mpi
+def test_error_controlled_run_resumes_to_the_same_steps(comm, tmp_path):
+    """Under time.tolerance the step sizes depend on the controller's memory (the last error,
+    each field's scale, the count of rejections): a resumed run takes the same steps."""
+    base = _shared(comm, tmp_path)
+    tol = scenario(**{"time.tolerance": 1e-3, "time.dt_initial": None})
+    run_with_stops(tol, base / "straight", comm)
+    summaries = run_with_stops(tol, base / "stopped", comm, stops=(14.0, 27.0))
+    assert [s.get("signal") for s in summaries] == [signal.SIGTERM, signal.SIGTERM, None]
+    assert_same_run(base / "stopped", base / "straight", rel=1e-12)
+    rows = _rows(base / "straight" / "timeseries.csv")
+    assert {"error", "rejected"} <= rows[0].keys()
+    assert len({r["dt"] for r in rows[1:]}) > 3       # the controller, not a fixed step
+
+
 def _config(path: Path, **changes) -> Path:
     data = json.loads(json.dumps(SCENARIO))
     for key, value in changes.items():

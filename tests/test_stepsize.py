@@ -55,6 +55,13 @@ def test_step_bounds_and_forced_acceptance_at_the_smallest_step():
     assert d.accept and d.forced and d.dt_next == 0.01
     with pytest.raises(FloatingPointError):
         c.decide(0.01, math.nan)
+    # a step of dt_min measured as (t + dt_min) - t at t = 24 h differs from dt_min in its last
+    # bits; it is still the smallest step (a rejection would retry the same step for ever)
+    c = Controller(dt_min=1e-3, dt_max=2.0)
+    dt = (24.0 + 1e-3) - 24.0
+    assert dt != 1e-3
+    d = c.decide(dt, 2.4)
+    assert d.accept and d.forced
 
 
 def test_bad_settings_are_refused():
