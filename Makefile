@@ -1,7 +1,8 @@
 # The two commands of the README, and the environment they run in.
 #   make demo   run configs/default.yaml into results/default/
-#   make test   the whole test suite: serial pytest, then the MPI-marked tests on 2 ranks
-.PHONY: demo test test-serial test-mpi env verify bench clean
+#   make test   the whole test suite: the pure tests with DOLFINx blocked, the finite-element and
+#               scenario tests, then the MPI-marked tests on 2 ranks
+.PHONY: demo test test-pure test-serial test-mpi env verify bench clean
 
 ENV := scripts/env-exec
 NP ?= 2
@@ -15,10 +16,14 @@ env:
 demo: env
 	$(ENV) mpirun -n $(DEMO_NP) tme run configs/default.yaml --out results/default --overwrite
 
-test: test-serial test-mpi
+test: test-pure test-serial test-mpi
+
+# tests/pure must pass without DOLFINx: run them with it blocked
+test-pure: env
+	$(ENV) python3 -m pytest --without-dolfinx tests/pure
 
 test-serial: env
-	$(ENV) python3 -m pytest
+	$(ENV) python3 -m pytest tests/fe tests/scenario
 
 test-mpi: env
 	$(ENV) mpirun -n $(NP) scripts/pytest-mpi

@@ -34,10 +34,10 @@ import yaml
 from mpi4py import MPI
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "pythonpath"))
 
-from solver import scenario as sc  # noqa: E402
-from solver.problem import Problem  # noqa: E402
+from tme.config import scenario as sc  # noqa: E402
+from tme.problem import Problem  # noqa: E402
 
 
 def block_scenario(cells, days: float) -> dict:

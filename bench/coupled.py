@@ -3,7 +3,7 @@
     scripts/env-exec python3 bench/coupled.py                  # 1 rank
     scripts/env-exec mpirun -n 2 python3 bench/coupled.py      # 2 ranks
 
-1. The reaction half steps alone: 4 clones x 3 drugs on 1 million dofs (solver.reactions), in
+1. The reaction half steps alone: 4 clones x 3 drugs on 1 million dofs (tme.cells.reactions), in
    MatMult-equivalents per clone per step (target <= 1), the MatMult measured on a 3-D P1
    matrix of the same size.
 2. A whole coupled step of configs/default.yaml (same drugs, clones, factor, oxygen, protocol)
@@ -22,15 +22,15 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "pythonpath"))
 
 from dolfinx import fem, mesh  # noqa: E402
 from dolfinx.fem import petsc as fem_petsc  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 import ufl  # noqa: E402
 
-from solver import scenario as sc  # noqa: E402
-from solver.problem import Problem  # noqa: E402
+from tme.config import scenario as sc  # noqa: E402
+from tme.problem import Problem  # noqa: E402
 from reactions import time_half_steps  # noqa: E402  (bench/reactions.py)
 from transport import matmult_time  # noqa: E402  (bench/transport.py)
 

@@ -15,11 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "pythonpath"))
 
-from solver.clones import ClonesSpec  # noqa: E402
-from solver.drugs import DrugSpec  # noqa: E402
-from solver.reactions import CloneReactions  # noqa: E402
+from tme.config.clones import ClonesSpec  # noqa: E402
+from tme.config.drugs import DrugSpec  # noqa: E402
+from tme.cells.reactions import CloneReactions  # noqa: E402
 
 
 def example_specs(every_mechanism: bool = False) -> tuple[ClonesSpec, dict[str, DrugSpec]]:

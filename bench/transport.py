@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "pythonpath"))
 
 from dolfinx import fem, mesh  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from solver.transport import COUNTERS, SpeciesModel, SpeciesSolver  # noqa: E402
+from tme.transport import COUNTERS, SpeciesModel, SpeciesSolver  # noqa: E402
 
 
 def matmult_time(A, reps=30) -> float:

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "pythonpath"))
 
 from dolfinx import fem, mesh  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from solver.transport import SpeciesModel, SpeciesSolver  # noqa: E402
-from solver.vasculature import flow as blood  # noqa: E402
-from solver.vasculature.exchange import LineSource, locate  # noqa: E402
-from solver.vasculature.generator import GeneratorParams, generate  # noqa: E402
-from solver.vasculature.network import shared  # noqa: E402
-from solver.vasculature.transit import Transit  # noqa: E402
+from tme.transport import SpeciesModel, SpeciesSolver  # noqa: E402
+from tme.vasculature import flow as blood  # noqa: E402
+from tme.vasculature.exchange import LineSource, locate  # noqa: E402
+from tme.vasculature.generator import GeneratorParams, generate  # noqa: E402
+from tme.vasculature.network import shared  # noqa: E402
+from tme.vasculature.transit import Transit  # noqa: E402
 
 #: (name, D [µm²/h], wall permeability [µm/h], decay [1/h]): two drugs and an oxygen-like species
 SPECIES = [("doxorubicin", 16.0 * 3600, 3600.0, 0.1), ("inhibitor", 30.0 * 3600, 7200.0, 0.05),

@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from solver.meshes import gmsh_session, slice_geometry  # noqa: E402
+from tme.mesh.build import gmsh_session, slice_geometry  # noqa: E402
 
 SIZE = (1000.0, 600.0)        # µm
 H = 30.0                      # element size in the tissue, µm

@@ -19,8 +19,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from solver.vasculature.files import write_vtp  # noqa: E402
-from solver.vasculature.generator import GeneratorParams, generate  # noqa: E402
+from tme.vasculature.files import write_vtp  # noqa: E402
+from tme.vasculature.generator import GeneratorParams, generate  # noqa: E402
 
 LOWER, UPPER = (-300.0, -200.0, -150.0), (300.0, 200.0, 150.0)   # µm
 SEED = 2
@@ -30,7 +30,7 @@ def main(out: Path = HERE / "small_network.vtp") -> Path:
     params = GeneratorParams(lower=LOWER, upper=UPPER, seed=SEED, spacing=100.0, feeder_spacing=200.0,
                              tumour=lambda X: X[:, 0] > 100.0)
     net = generate(params)
-    note = (f"written by meshes/network.py with solver.vasculature.generator: seed {SEED}, block "
+    note = (f"written by meshes/network.py with tme.vasculature.generator: seed {SEED}, block "
             f"{LOWER} to {UPPER} um, tumour x > 100 um; radius in um, boundary_pressure in mmHg, "
             f"boundary_flow in nl/min")
     return write_vtp(out, net, comment=note)

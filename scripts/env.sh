@@ -89,7 +89,7 @@ if [ -d "$shared" ]; then mkdir -p "$r$shared" && mount --bind "$shared" "$r$sha
 exec chroot "$r" /usr/bin/env -u PYTHONHOME -u VIRTUAL_ENV \
     PATH="$repo/scripts/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     HOME=/root LANG=C.UTF-8 \
-    PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" \
+    PYTHONPATH="$repo/scripts/pythonpath${PYTHONPATH:+:$PYTHONPATH}" \
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     OMPI_MCA_rmaps_base_oversubscribe=1 PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe \
     OMPI_MCA_btl=self,sm \
@@ -110,7 +110,7 @@ case "$cmd" in
         [ $# -gt 0 ] || die "usage: scripts/env.sh exec CMD..."
         ensure
         if native_dolfinx; then
-            export PATH="$REPO/scripts/bin:$PATH" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+            export PATH="$REPO/scripts/bin:$PATH" PYTHONPATH="$REPO/scripts/pythonpath${PYTHONPATH:+:$PYTHONPATH}"
             exec "$@"
         fi
         [ "$(id -u)" = 0 ] || die "entering the environment needs root (unshare + chroot)"

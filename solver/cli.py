@@ -16,8 +16,10 @@ import time
 import traceback
 from pathlib import Path
 
-from . import __version__, log
-from .spec import ScenarioError
+from . import __version__
+
+from . import log
+from .config.spec import ScenarioError
 
 #: How long a rank other than 0 waits before it reports an error of its own: rank 0 speaks for
 #: the job, and if it meets the same error it ends the job first [s].
@@ -169,7 +171,7 @@ def _alone(comm, line: str, status: int) -> int:
 
 
 def _dispatch(args, comm) -> int:
-    from . import scenario as sc
+    from .config import scenario as sc
 
     if args.command == "schema":
         if comm.rank == 0:
@@ -187,11 +189,11 @@ def _dispatch(args, comm) -> int:
         log.get().info(f"{model.describe()}; valid: 'tme run' passes every check of its set-up")
         return 0
     if args.command == "verify":
-        from .verify import main as verify_main
+        from .studies.verify import main as verify_main
 
         return verify_main(comm, cases=args.case)
     if args.command == "compare":
-        from .compare import compare
+        from .studies.compare import compare
 
         compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
                 overwrite=args.overwrite, max_memory=args.max_memory)

@@ -1,4 +1,4 @@
-"""The step clock: where the next step ends and how long the one after may be (MODEL.md §5).
+"""The step clock: where the next step ends and how long the one after may be (docs/model.md, Coupling).
 
 Pure Python, no DOLFINx: the problem asks the clock for the end of each step and tells it what
 happened there.

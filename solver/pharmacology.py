@@ -5,9 +5,9 @@ mechanism names clones carry and a sequencing step may name, which clone traits 
 mechanism, the checks on a clone's traits against the scenario's drugs, the coefficients of the
 kill model (and so the plan of the compiled reaction step), and which drugs act through the
 immune effectors. Adding a drug class or a mechanism is one row here plus the term it adds to
-the kill model (:mod:`solver.reactions`).
+the kill model (:mod:`tme.cells.reactions`).
 
-The kill rate of drug j on clone i (MODEL.md §3):
+The kill rate of drug j on clone i (docs/model.md, Cancer cells):
 
     κ_ij = E_max,j (1 − b_ij)(1 − ρ_i) · A(c_in,ij; f_ij EC50_j, n_j) · (1 − π_max,j σ_i s/(s + K_s))
 

@@ -1,4 +1,4 @@
-"""Plasma pharmacokinetics (MODEL.md §4): the plasma concentration C_p(t) of each drug.
+"""Plasma pharmacokinetics (docs/model.md, Transport): the plasma concentration C_p(t) of each drug.
 
 A drug's plasma level follows its dose schedule through a linear compartment model:
 
@@ -31,80 +31,15 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import pint
 
-from .drugs import Dose, DrugSpec, PKSpec
-from .spec import ScenarioError
-from .units import UnsafeQuantity, bare_number_message, read, ureg
+from .config.drugs import Dose, DrugSpec, PKSpec, dose_concentration
+from .config.spec import ScenarioError
 
 LN2 = math.log(2.0)
 
 #: next_event treats events within this relative distance of t as reached: a step that short
 #: would only add round-off, since the step means integrate across events exactly anyway.
 EVENT_TOL = 1e-12
-
-_VALID = ("a dose is the plasma concentration it reaches ('5 uM', '0.2 mM'), an amount of "
-          "substance ('10 umol', divided by pk.volume) or a mass ('50 mg', with pk.molar_mass)")
-
-_DIM = {name: ureg.parse_units(unit).dimensionality for name, unit in
-        [("concentration", "uM"), ("amount", "umol"), ("mass", "g"), ("mass_concentration", "g/L")]}
-
-
-# --------------------------------------------------------------------------------------------
-# Dose amounts
-
-
-def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
-    """The plasma concentration [µM] a dose ``amount`` amounts to.
-
-    ``amount`` is a concentration reached by a bolus ('5 uM', '0.2 mM'; a bare number is
-    refused, as it could be any of these), an
-    amount of substance ('10 umol', divided by the central volume ``pk.volume`` [L]), a mass
-    ('50 mg', converted with ``pk.molar_mass`` [g/mol], then divided by the volume) or a mass
-    concentration ('2 mg/L', with ``pk.molar_mass``). An infusion delivers this same total over
-    its duration. Raises ScenarioError naming ``key`` when the amount cannot be used.
-    """
-    if isinstance(amount, bool) or not isinstance(amount, (int, float, str)):
-        raise ScenarioError(f"{key}: got {type(amount).__name__} {amount!r}; {_VALID}")
-    if not isinstance(amount, str):
-        raise ScenarioError(f"{key}: {bare_number_message(amount, 'uM')}, or '{amount:g} umol'")
-    q = _read(amount, key)
-    dim = q.dimensionality
-    if dim == _DIM["concentration"]:
-        conc = q.to("uM").magnitude
-    elif dim == _DIM["amount"]:
-        conc = q.to("umol").magnitude / pk.volume
-    elif dim in (_DIM["mass"], _DIM["mass_concentration"]):
-        if pk.molar_mass is None:
-            raise ScenarioError(
-                f"{key}: {amount!r} is a mass, which needs the drug's pk.molar_mass (e.g. "
-                f"'543.5 g/mol') to convert; or give a concentration ('5 uM') or an amount ('10 umol')")
-        moles = q / ureg.Quantity(pk.molar_mass, "g/mol")
-        conc = moles.to("umol").magnitude / pk.volume if dim == _DIM["mass"] else moles.to("uM").magnitude
-    else:
-        shown = "dimensionless" if not dim else str(dim)
-        raise ScenarioError(f"{key}: {amount!r} has dimension {shown}; {_VALID}")
-    try:
-        conc = float(conc)
-    except OverflowError:
-        conc = math.inf
-    if not (math.isfinite(conc) and conc >= 0.0):
-        raise ScenarioError(f"{key}: {amount!r} is not a finite amount >= 0; {_VALID}")
-    return conc
-
-
-def _read(text: str, key: str) -> pint.Quantity:
-    """Parse a dose string with pint; a number without a unit is refused."""
-    try:
-        q = read(text)
-    except UnsafeQuantity as exc:
-        raise ScenarioError(f"{key}: {exc}") from None
-    except ValueError:
-        raise ScenarioError(f"{key}: cannot read {text!r} as a dose; {_VALID}") from None
-    if not isinstance(q, pint.Quantity) or q.units == ureg.dimensionless:
-        raise ScenarioError(f"{key}: {bare_number_message(text, 'uM')}, or '{text.strip()} umol'")
-    return q
-
 
 # --------------------------------------------------------------------------------------------
 # Exact propagation between events

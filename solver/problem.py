@@ -8,13 +8,13 @@
 and checks every name the scenario uses before the first step, writing nothing; with an output
 directory it then opens the outputs. :meth:`Problem.iterate` takes one step,
 :meth:`Problem.run` steps to the end. All that changes in time is in ``problem.state`` (a
-:class:`solver.state.State`) and in the fields; a checkpoint saves both and
+:class:`tme.state.State`) and in the fields; a checkpoint saves both and
 :meth:`Problem.resume` continues from one, on any number of ranks.
 
-One step from t to t + dt (MODEL.md §5): a half step of the pointwise clone reactions with the
+One step from t to t + dt (docs/model.md, Coupling): a half step of the pointwise clone reactions with the
 concentrations at t, a full transport step of every species (backward Euler or TR-BDF2) with the
 cell density after that half step, and a second half step of reactions with the new
-concentrations. The step clock (:mod:`solver.clock`) lands steps exactly on doses, infusion ends,
+concentrations. The step clock (:mod:`tme.clock`) lands steps exactly on doses, infusion ends,
 assessments, outputs, snapshots, checkpoints and the end; with ``time.tolerance`` its controller
 sizes each step from the step's error estimates and redoes a rejected one from the saved fields.
 
@@ -39,10 +39,18 @@ import ufl
 from dolfinx import fem
 from mpi4py import MPI
 
-from . import log, meshes, outputs, provenance, tissue
+from . import log
+
+from .mesh import build as meshes
+
+from . import outputs
+
+from . import provenance
+
+from . import tissue
 from .clock import Clock, Controller, error_norm, regular
-from .clones import check_references as check_clones
-from .kernel import KernelError
+from .config.clones import check_references as check_clones
+from .cells.kernel import KernelError
 from .pharmacology import DRUG_CLASSES
 from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
@@ -51,10 +59,10 @@ from .outputs.network import NetworkOutput
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
-from .protocol import check_references as check_treatment
-from .reactions import CloneReactions, hill
-from .scenario import Scenario, resolved_yaml
-from .spec import ScenarioError, located
+from .config.treatment import check_references as check_treatment
+from .cells.reactions import CloneReactions, hill
+from .config.scenario import Scenario, resolved_yaml
+from .config.spec import ScenarioError, located
 from .state import State
 from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, check_entry, compile_form
 from .vasculature import coupling as vessels
@@ -642,7 +650,7 @@ class Problem:
         difference is one that can take effect mid-run (:data:`RESUMABLE_CHANGES`). Raises
         RunError with one line otherwise. Call :meth:`initialise` then :meth:`run`.
         """
-        from . import scenario as scn
+        from .config import scenario as scn
 
         out = Path(out)
         info = None
@@ -836,7 +844,7 @@ class Problem:
         return [(a, a.copy()) for a in arrays]
 
     def _error_norm(self) -> float:
-        """The step's normalised error (:func:`solver.clock.error_norm`): the transport estimate
+        """The step's normalised error (:func:`tme.clock.error_norm`): the transport estimate
         of every species and the reaction estimate of every clone, each relative to
         ``time.tolerance`` with the absolute floor ``tolerance_floor`` × its scale."""
         sc, m, st = self.scenario, self.model, self.state

@@ -26,7 +26,7 @@ class State:
     t [hour]: the time reached; dt_next [hour]: the longest next step; steps: steps taken;
     nadir: (burden [µm^d], time [hour]) of the smallest burden so far; stopped: why the run
     stopped early (the protocol's reason), None while it runs; protocol, plasma: the states of
-    :class:`solver.protocol.Protocol` and :class:`solver.pk.PlasmaSet`; pending_doses: doses
+    :class:`tme.protocol.Protocol` and :class:`tme.pk.PlasmaSet`; pending_doses: doses
     scheduled but not yet logged, (time [hour], drug, cycle); solvers: for each transport
     solver that reuses its AMG preconditioner, ``{"dt": the step [hour] it was built for,
     "n_tot": whether a cell density entered it}`` (that density is saved with the fields); written: how many rows, events,

@@ -1,4 +1,4 @@
-"""Tissue properties per cell (MODEL.md §1): vascular surface density, ECM fraction, CAF density.
+"""Tissue properties per cell (docs/model.md, Tissue): vascular surface density, ECM fraction, CAF density.
 
 Each region of the mesh sets each property as a number, a quantity with its unit, a NumPy
 expression of position, or a seeded log-normal random field; regions the scenario does not list
@@ -18,10 +18,10 @@ import numpy as np
 from dolfinx import fem
 from dolfinx import mesh as dmesh
 
-from .meshes import Domain, evaluate, together
-from .scenario import PROPERTIES, ExpressionField, RandomField, TissueSpec
-from .spec import ScenarioError
-from .units import parse_quantity
+from .mesh.build import Domain, evaluate, together
+from .config.scenario import PROPERTIES, ExpressionField, RandomField, TissueSpec
+from .config.spec import ScenarioError
+from .config.units import parse_quantity
 
 #: Random Fourier features per random field: the spatial variance of the Gaussian field is
 #: then 1 to within ~1/sqrt(features) of its target on any domain much larger than the

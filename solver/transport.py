@@ -1,4 +1,4 @@
-"""Transport of drugs, survival factor and oxygen through tissue (MODEL.md §2, §5).
+"""Transport of drugs, survival factor and oxygen through tissue (docs/model.md, Transport; Coupling).
 
 Each species c obeys, on P1 Lagrange elements,
 
@@ -20,7 +20,7 @@ and solves with a KSP that keeps its preconditioner while only N_tot moved. Lump
 backward Euler positive (an M-matrix on non-obtuse meshes) and is what makes the transport mass
 balance exact per step.
 
-Units: µm, hour, µM (see :mod:`solver.units`).
+Units: µm, hour, µM (see :mod:`tme.config.units`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dolfinx.fem import petsc as fem_petsc
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from .spec import BoundaryValue
+from .config.spec import BoundaryValue
 
 #: Time schemes of a transport step: backward Euler (first order, positive) and TR-BDF2 (second
 #: order, L-stable).
@@ -613,7 +613,7 @@ def check_entry(scenario, domain, tissue_fields) -> None:
     Every quantity is reduced over all ranks first, so every rank raises the same one-line
     ScenarioError (no rank is left waiting in a collective).
     """
-    from .spec import ScenarioError
+    from .config.spec import ScenarioError
 
     comm = domain.mesh.comm
     for key, spec in (("survival_factor", scenario.survival_factor), ("immune", scenario.immune)):

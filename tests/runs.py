@@ -34,8 +34,8 @@ def mpirun(ranks: int) -> tuple[list[str], dict]:
 def tme(*args, ranks=1, cwd=ROOT, env: dict | None = None, **kw):
     """``tme ARGS`` (under ``mpirun -n ranks`` when ranks > 1) as a running process; ``env``:
     extra environment variables."""
-    cmd = [sys.executable, "-m", "solver", *map(str, args)]
-    full = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "tme", *map(str, args)]
+    full = dict(os.environ, PYTHONPATH=str(ROOT / "scripts" / "pythonpath"))
     if ranks > 1:
         prefix, session = mpirun(ranks)
         cmd = prefix + cmd

@@ -4,8 +4,8 @@ checkpoints, each an :class:`Output` with its own cadence.
 Every writer is collective where it must be (field files, checkpoints, snapshots gather to rank
 0) and writes files from rank 0 otherwise. Whatever a run has written stays readable when it is
 killed at any moment: rows are appended whole, field frames and checkpoints are closed files
-that their index or name lists only once complete (see :mod:`solver.outputs.fields` and
-:mod:`solver.outputs.checkpoint`).
+that their index or name lists only once complete (see :mod:`tme.outputs.fields` and
+:mod:`tme.outputs.checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..spec import ScenarioError
+from ..config.spec import ScenarioError
 
 
 class Output(Protocol):

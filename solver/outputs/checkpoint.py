@@ -2,7 +2,7 @@
 
 A checkpoint is a directory ``DIR/checkpoint/step_<n>/`` holding
 
-- ``state.json``: the :class:`solver.state.State` (clock, counters, protocol, plasma schedules,
+- ``state.json``: the :class:`tme.state.State` (clock, counters, protocol, plasma schedules,
   pending doses, how much each output had written);
 - ``scenario.yaml``: the resolved scenario it was computed with;
 - ``fields.bp``: every field (concentrations, clone densities, N_tot, exposure maps and the

@@ -23,7 +23,9 @@ import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 from pathlib import Path
 
-from . import hdf5_writes, replace_text
+from . import hdf5_writes
+
+from . import replace_text
 
 _HEAD = ('<?xml version="1.0"?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n'
          '<Xdmf Version="3.0">\n  <Domain>\n'

@@ -18,7 +18,9 @@ import math
 import os
 from pathlib import Path
 
-from . import append_line, replace_text
+from . import append_line
+
+from . import replace_text
 from ..protocol import Event
 
 

@@ -1,6 +1,6 @@
 """Vessel networks: blood flow, delivery along the vessels and the 3-D–1-D exchange with tissue.
 
-One module per noun:
+One module per noun (the ``vasculature:`` section of a scenario is :mod:`tme.config.vasculature`):
 
 - :mod:`.network`   the network itself: nodes, segments with radius, boundary conditions (pure);
 - :mod:`.files`     reading VTK PolyData and node/segment tables, writing the network (pure);

@@ -16,14 +16,14 @@ from dolfinx import fem
 from dolfinx.la import InsertMode
 from mpi4py import MPI
 
-from .. import meshes
-from ..spec import ScenarioError
+from ..mesh import build as meshes
+from ..config.spec import ScenarioError
 from . import files
 from . import flow as blood
 from .exchange import ALPHA, LineSource, locate
 from .generator import GeneratorParams, generate
 from .network import Network, shared
-from .spec import VasculatureSpec
+from ..config.vasculature import VasculatureSpec
 from .transit import Levels, Transit
 
 

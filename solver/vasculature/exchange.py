@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from dolfinx import fem, geometry
 from mpi4py import MPI
 
-from ..spec import ScenarioError
+from ..config.spec import ScenarioError
 from .network import Network
 
 #: r_eq / h_cell for P1 tetrahedra, h_cell the cell diameter (calibrated on the Krogh case).

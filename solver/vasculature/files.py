@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..spec import ScenarioError
-from ..units import parse_quantity
+from ..config.spec import ScenarioError
+from ..config.units import parse_quantity
 from .network import NL_PER_MIN, Network
 
 SUFFIXES = (".vtp", ".vtk", ".yaml", ".yml", ".csv")

@@ -23,16 +23,14 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 from scipy.sparse.linalg import splu
 
-from ..spec import ScenarioError
+from ..config.spec import ScenarioError
+from ..config.vasculature import HAEMATOCRIT
 from .network import Network
 
 #: 1 mmHg in Pa.
 MMHG = 133.322
 #: Plasma viscosity 1.2 mPa·s (Pries et al. 1994 use 1.2 cP at 37 °C) in mmHg·h.
 PLASMA_VISCOSITY = 1.2e-3 / MMHG / 3600.0
-#: Discharge haematocrit of systemic blood, the default.
-HAEMATOCRIT = 0.45
-
 
 def relative_viscosity(diameter, haematocrit=HAEMATOCRIT):
     """In-vivo apparent viscosity relative to plasma (Pries et al. 1994); diameter in µm.

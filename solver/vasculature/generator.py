@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 from scipy.spatial import Delaunay, cKDTree
 
-from ..spec import ScenarioError
+from ..config.spec import ScenarioError
 from .network import Network
 
 FACES = {"x-": (0, 0), "x+": (0, 1), "y-": (1, 0), "y+": (1, 1), "z-": (2, 0), "z+": (2, 1)}

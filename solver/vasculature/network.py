@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..spec import ScenarioError
+from ..config.spec import ScenarioError
 
 #: Diameter below which the apparent-viscosity law of Pries et al. is singular (D − 1.1 µm).
 MIN_RADIUS = 0.6  # µm

@@ -6,7 +6,7 @@
   level, against the Bessel I0/K0 profile with a Robin wall, with and without the well model;
 - mass balance per step with a generated network.
 
-Each returns a :class:`solver.verify.Result`-like record (built by the caller's class) through
+Each returns a :class:`tme.studies.verify.Result`-like record (built by the caller's class) through
 the ``result`` factory, so this module does not import the verification table.
 Units: µm, hour, µM, mmHg.
 """
@@ -21,7 +21,7 @@ from dolfinx import fem
 from mpi4py import MPI
 from scipy import optimize, special
 
-from .. import meshes
+from ..mesh import build as meshes
 from ..transport import SpeciesModel, SpeciesSolver
 from . import flow as blood
 from .exchange import ALPHA, LineSource, locate
@@ -202,7 +202,7 @@ def network_mass_balance(comm, steps: int = 6) -> dict:
     """A generated network in a small block: per step, network delivery − uptake − decay =
     change of the tissue amount (lumped), with the plasma level along the network recomputed
     from the previous tissue level every step."""
-    from ..scenario import BuiltinMesh
+    from ..config.scenario import BuiltinMesh
     from .generator import GeneratorParams, generate
     from .network import shared
 

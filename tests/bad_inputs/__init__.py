@@ -1,6 +1,6 @@
 """The bad-input corpus: each case is a `tme` command a user could type that must be refused.
 
-A case is run by ``tests/test_bad_inputs.py`` as a subprocess (and under ``mpirun -n 2`` unless
+A case is run by ``tests/scenario/test_bad_inputs.py`` as a subprocess (and under ``mpirun -n 2`` unless
 ``mpi=False``), in a fresh directory holding ``files``. It must exit non-zero, within the timeout,
 with exactly one line on stderr from tme (``tme: error: ...`` or ``tme: ...``) containing
 ``expect``, no traceback, and nothing created or changed in the output directory.

@@ -1,0 +1,156 @@
+"""Compare treatment strategies: ``tme compare CONFIG... [--sweep key.path=v1,v2,...] --out DIR``.
+
+Each scenario (or each value of a swept key) is one run in ``DIR/<run>/``. With more MPI ranks
+than runs, the ranks split into sub-communicators that run concurrently; with fewer, each group
+runs several in turn. Rank 0 then writes ``comparison.csv`` (per run: time to first progression,
+nadir, final burden, final resistant fraction, lines used, wall time) and ``comparison.png``
+(the burden curves of all runs on one plot).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import log
+
+from .. import outputs
+from ..config.scenario import Scenario, load
+from ..config.spec import ScenarioError
+
+COLUMNS = ["run", "config", "overrides", "time_to_progression_days", "nadir", "nadir_day",
+           "final_burden", "final_resistant_fraction", "lines_used", "wall_time_seconds", "ranks"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    name: str
+    config: Path
+    overrides: tuple[str, ...]
+    scenario: Scenario
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``key.path=v1,v2,...`` -> (key.path, [v1, v2, ...])."""
+    if "=" not in text:
+        raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
+    key, values = text.split("=", 1)
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not key.strip() or not vals:
+        raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
+    return key.strip(), vals
+
+
+def plan(configs: list[Path], sweeps: list[str], overrides: list[str]) -> list[RunPlan]:
+    """Every run, validated before any is started (a bad value stops all, naming it)."""
+    combos: list[tuple[str, ...]] = [()]
+    for sweep in sweeps:
+        key, values = parse_sweep(sweep)
+        combos = [c + (f"{key}={v}",) for c in combos for v in values]
+    runs, names = [], set()
+    for config in configs:
+        for combo in combos:
+            scen = load(config, list(overrides) + list(combo))
+            label = scen.name + "".join("_" + _slug(o) for o in combo)
+            name, k = label, 2
+            while name in names:
+                name, k = f"{label}_{k}", k + 1
+            names.add(name)
+            runs.append(RunPlan(name, Path(config), tuple(combo), scen))
+    return runs
+
+
+def _slug(override: str) -> str:
+    key, value = override.split("=", 1)
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{key.split('.')[-1]}-{value}").strip("-")
+
+
+def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overwrite=False,
+            max_memory: float | None = None) -> list[dict]:
+    """Run every scenario (or swept value) into ``out/<run>/`` and write the comparison.
+
+    Every run is set up (mesh, fields, every check of ``tme run``: :meth:`Problem.initialise`
+    without an output directory) on the ranks that will run it before any run starts; a failure
+    anywhere is raised on every rank, naming the run, and a refused comparison writes nothing.
+    """
+    from ..problem import Problem
+
+    logger = log.get()
+    runs = plan(configs, list(sweeps), list(overrides))  # every rank reads every file alike
+    inputs = [Path(c) for c in configs] + [Path(r.scenario.mesh.path) for r in runs
+                                           if getattr(r.scenario.mesh, "path", None) is not None]
+    outputs.check_directory(out, comm, overwrite, inputs)
+    groups = min(comm.size, len(runs))
+    color = comm.rank * groups // comm.size
+    sub = comm.Split(color, comm.rank)
+    try:
+        mine = [i for i in range(len(runs)) if i % groups == color]
+        failure, level = None, logger.level
+        logger.setLevel(30)  # the runs report themselves when they start
+        try:
+            for i in mine:
+                try:
+                    Problem(runs[i].scenario, sub, max_memory=max_memory).initialise()
+                except ScenarioError as exc:  # agreed within the group by the set-up itself
+                    failure = (i, f"run {runs[i].name} ({runs[i].config}): {exc}")
+                    break
+        finally:
+            logger.setLevel(level)
+        _agree(comm, failure)
+        out = outputs.prepare_directory(out, comm, overwrite, inputs)
+        logger.info(f"compare: {len(runs)} run(s) on {groups} group(s) of ranks")
+        done, failure = [], None
+        for i in mine:
+            r = runs[i]
+            if sub.rank == 0:
+                log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
+            level = logger.level
+            logger.setLevel(30)
+            try:
+                problem = Problem(r.scenario, sub, out / r.name, overwrite=overwrite,
+                                  max_memory=max_memory, inputs=inputs).initialise()
+                summary = problem.run()
+            except ScenarioError as exc:  # a run stopped (RunError): the others finish theirs
+                failure = (i, f"run {r.name} stopped: {exc}; the other runs' results are in {out}")
+                break
+            finally:
+                logger.setLevel(level)
+            done.append((i, summary, problem.curve("burden")))
+        gathered = comm.gather(done, root=0)
+        _agree(comm, failure)
+    finally:
+        sub.Free()
+    rows = []
+    if comm.rank == 0:
+        by_index = {i: (s, curve) for part in gathered for i, s, curve in part}
+        for i, r in enumerate(runs):
+            s = by_index[i][0]
+            ttp = s.get("time_to_progression_hours")
+            rows.append({
+                "run": r.name, "config": str(r.config), "overrides": " ".join(r.overrides),
+                "time_to_progression_days": "" if ttp is None else ttp / 24.0,
+                "nadir": s.get("nadir_burden"), "nadir_day": (s.get("nadir_time_hours") or 0.0) / 24.0,
+                "final_burden": s.get("final_burden"),
+                "final_resistant_fraction": s.get("final_resistant_fraction"),
+                "lines_used": s.get("lines_used"), "wall_time_seconds": s.get("wall_time_seconds"),
+                "ranks": s.get("ranks"),
+            })
+        with open(out / "comparison.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        outputs.plot_series(out / "comparison.png", None, {r.name: by_index[i][1] for i, r in enumerate(runs)},
+                            "tumour burden  ∫ N_tot dx", "burden per strategy", size=(8, 4.5))
+        (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+        logger.info(f"compare: wrote {out / 'comparison.csv'} and {out / 'comparison.png'}")
+    return comm.bcast(rows, root=0)
+
+
+def _agree(comm, failure: tuple[int, str] | None) -> None:
+    """Raise the failure of the lowest-numbered run on every rank, if any rank has one."""
+    failures = [f for f in comm.allgather(failure) if f is not None]
+    if failures:
+        raise ScenarioError(min(failures)[1])

@@ -1,0 +1,116 @@
+"""configs/vascular3d.yaml and configs/network_file.yaml: runs with a vessel network, claims
+checked from their outputs, the same on 1 and 2 ranks.
+
+The coarsened copy keeps the scenario's network, drugs, clones and protocol on a coarser mesh
+with longer steps; its claims are the scenario's: exposure (AUC) is lowest where the network
+is poor (the core) and the resistant fraction rises there first.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runs import finish, tme
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+QUICK = ["output.plots=false", "output.snapshots.times=[]"]
+COARSE = ["mesh.cells=[20, 20, 8]", "time.dt=12 hour", "time.dt_initial=1 hour", "output.every=7 day"]
+
+
+def _run(out: Path, config: str, sets: list[str], ranks: int = 1):
+    args = ["run", CONFIGS / config, "--out", out]
+    for s in sets:
+        args += ["--set", s]
+    p = tme(*args, ranks=ranks)
+    _, err = finish(p, 1800)
+    assert p.returncode == 0, err[-3000:]
+    with open(out / "timeseries.csv") as fh:
+        rows = [{k: (float(v) if v not in ("", None) and k != "line" else v) for k, v in r.items()}
+                for r in csv.DictReader(fh)]
+    return rows
+
+
+def _resistant_fraction(row, region, clones=("mdr", "repair", "egfr_mutant", "met_bypass")):
+    total = sum(row[k] for k in row if k.startswith("clone_") and k.endswith(f"@{region}"))
+    return sum(row[f"clone_{c}@{region}"] for c in clones) / total
+
+
+def _last_frame(out: Path, name: str):
+    """(coordinates (N, 3) µm, values (N,)) of field ``name`` at the last output time."""
+    import h5py
+
+    frames = sorted((out / "fields").glob("frame_*.h5"))
+    meshes = sorted((out / "fields").glob("mesh_*.h5"))
+    with h5py.File(meshes[-1]) as m:
+        x = np.asarray(m["/Mesh/mesh/geometry"])
+    with h5py.File(frames[-1]) as f:
+        group = f[f"/Function/{name}"]
+        last = sorted(group.keys(), key=float)[-1]
+        v = np.asarray(group[last]).reshape(-1)
+    return x, v
+
+
+@pytest.fixture(scope="module")
+def coarse_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vascular3d") / "np1"
+    return out, _run(out, "vascular3d.yaml", COARSE + QUICK)
+
+
+@pytest.mark.slow
+def test_vascular3d_exposure_lowest_where_perfusion_is_low(coarse_run):
+    out, rows = coarse_run
+    assert 0.5 < rows[-1]["perfused_fraction"] < 1.0  # the core's blind ends carry no flow
+    # doxorubicin, taken up fast, by far; the EGFR inhibitor, nearly saturating, a little
+    for drug, factor in (("doxorubicin", 0.9), ("egfr_inhibitor", 1.0)):
+        x, auc = _last_frame(out, f"auc_{drug}")
+        r = np.hypot(x[:, 0], x[:, 1])
+        assert auc[r < 250.0].mean() < factor * auc[r > 350.0].mean(), drug
+    # the core is the sanctuary: more of its cells survive
+    first, last = rows[0], rows[-1]
+    surviving = {reg: sum(last[k] for k in last if k.startswith("clone_") and k.endswith(f"@{reg}"))
+                 / sum(first[k] for k in first if k.startswith("clone_") and k.endswith(f"@{reg}"))
+                 for reg in ("core", "rim")}
+    assert surviving["core"] > 2 * surviving["rim"]
+    # with these clones (repair and bypass resist at any level) selection is fastest where the
+    # drugs reach: the resistant fraction rises first in the rim
+    rf_core = np.array([_resistant_fraction(r, "core") for r in rows])
+    rf_rim = np.array([_resistant_fraction(r, "rim") for r in rows])
+    t = np.array([r["t"] for r in rows])
+    crossing = lambda rf: t[np.argmax(rf > 2 * rf[0])] if np.any(rf > 2 * rf[0]) else np.inf  # noqa: E731
+    assert crossing(rf_rim) < crossing(rf_core)
+    assert (out / "network.pvd").exists() and len(list((out / "network").glob("*.vtp"))) >= 2
+
+
+@pytest.mark.slow
+def test_vascular3d_same_on_two_ranks(coarse_run, tmp_path):
+    _, rows1 = coarse_run
+    rows2 = _run(tmp_path / "np2", "vascular3d.yaml", COARSE + QUICK, ranks=2)
+    assert len(rows1) == len(rows2)
+    for a, b in zip(rows1, rows2):
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, rel=1e-6, abs=1e-9 * max(1.0, abs(v))), (k, a["t"])
+
+
+@pytest.mark.slow
+def test_network_file_scenario_runs_from_the_shipped_network(tmp_path):
+    rows = _run(tmp_path / "nf", "network_file.yaml", QUICK + ["time.end=3 day"])
+    assert rows[-1]["total_doxorubicin"] > 0 and 0.5 < rows[-1]["perfused_fraction"] <= 1.0
+    x, auc = _last_frame(tmp_path / "nf", "auc_doxorubicin")
+    assert auc[x[:, 0] > 150].mean() < auc[x[:, 0] < 0].mean()
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_missing_network_file_is_one_line_on_every_rank(tmp_path, ranks):
+    p = tme("run", CONFIGS / "network_file.yaml", "--out", tmp_path / "o",
+            "--set", "vasculature.file.path=nowhere.vtp", ranks=ranks)
+    _, err = finish(p, 300)
+    assert p.returncode == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("tme: error")]
+    assert len(lines) == 1 and "vasculature.file.path" in lines[0] and "nowhere.vtp: no such file" in lines[0]
+    assert "Traceback" not in err
