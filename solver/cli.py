@@ -193,10 +193,15 @@ def _dispatch(args, comm) -> int:
 
         return verify_main(comm, cases=args.case)
     if args.command == "compare":
-        from .studies.compare import compare
+        from .studies.compare import Stopped, compare
 
-        compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
-                overwrite=args.overwrite, max_memory=args.max_memory)
+        try:
+            compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
+                    overwrite=args.overwrite, max_memory=args.max_memory)
+        except Stopped as exc:
+            if comm.rank == 0:
+                print(str(exc), file=sys.stderr, flush=True)
+            return 128 + exc.signal
         return 0
     if args.command == "run":
         from .problem import run

@@ -370,9 +370,9 @@ def _build_clones(model: Model, cl, nloc, domain, num, h):
 # Signals
 
 
-class _Signals:
-    """While a run steps: SIGINT, SIGTERM and SIGUSR1 only note that a stop was asked for; the
-    run agrees on it across ranks at the end of the step."""
+class StopSignals:
+    """While a run steps (or a comparison runs its runs): SIGINT, SIGTERM and SIGUSR1 only note
+    that a stop was asked for; the run agrees on it across ranks at the end of the step."""
 
     def __init__(self):
         self.received: int | None = None
@@ -606,7 +606,7 @@ class Problem:
         progress = _Progress(clock.end, self.logger, self.comm)
         self.summary = None   # set once the run ends (the summary output writes it)
         try:
-            with _Signals() as self._signals:
+            with StopSignals() as self._signals:
                 while not clock.done(st.t) and st.stopped is None and self.signal is None:
                     self.iterate()
                     progress.update(st.t)

@@ -76,7 +76,9 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
     without an output directory) on the ranks that will run it before any run starts; a failure
     anywhere is raised on every rank, naming the run, and a refused comparison writes nothing.
     """
-    from ..problem import Problem
+    from mpi4py import MPI
+
+    from ..problem import Problem, StopSignals
 
     logger = log.get()
     runs = plan(configs, list(sweeps), list(overrides))  # every rank reads every file alike
@@ -102,25 +104,36 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
         _agree(comm, failure)
         out = outputs.prepare_directory(out, comm, overwrite, inputs)
         logger.info(f"compare: {len(runs)} run(s) on {groups} group(s) of ranks")
-        done, failure = [], None
-        for i in mine:
-            r = runs[i]
-            if sub.rank == 0:
-                log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
-            level = logger.level
-            logger.setLevel(30)
-            try:
-                problem = Problem(r.scenario, sub, out / r.name, overwrite=overwrite,
-                                  max_memory=max_memory, inputs=inputs).initialise()
-                summary = problem.run()
-            except ScenarioError as exc:  # a run stopped (RunError): the others finish theirs
-                failure = (i, f"run {r.name} stopped: {exc}; the other runs' results are in {out}")
-                break
-            finally:
-                logger.setLevel(level)
-            done.append((i, summary, problem.curve("burden")))
+        done, failure, stop = [], None, None
+        with StopSignals() as between:   # a signal between two runs stops the comparison too
+            for i in mine:
+                r = runs[i]
+                # a signal noted between runs, on any rank of the group: start no more runs
+                noted = sub.allreduce(between.received or 0, op=MPI.MAX)
+                if noted and stop is None:
+                    stop = (noted, None)
+                if stop is not None:
+                    break
+                if sub.rank == 0:
+                    log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
+                level = logger.level
+                logger.setLevel(30)
+                try:
+                    problem = Problem(r.scenario, sub, out / r.name, overwrite=overwrite,
+                                      max_memory=max_memory, inputs=inputs).initialise()
+                    summary = problem.run()
+                except ScenarioError as exc:  # a run stopped (RunError): the others finish theirs
+                    failure = (i, f"run {r.name} stopped: {exc}; the other runs' results are in {out}")
+                    break
+                finally:
+                    logger.setLevel(level)
+                if "signal" in summary:       # checkpointed: resumable with tme run --resume
+                    stop = (summary["signal"], r.name)
+                    break
+                done.append((i, summary, problem.curve("burden")))
         gathered = comm.gather(done, root=0)
         _agree(comm, failure)
+        _stopped(comm, stop, runs, {i for part in comm.allgather([i for i, _, _ in done]) for i in part}, out)
     finally:
         sub.Free()
     rows = []
@@ -147,6 +160,35 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
         (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
         logger.info(f"compare: wrote {out / 'comparison.csv'} and {out / 'comparison.png'}")
     return comm.bcast(rows, root=0)
+
+
+class Stopped(Exception):
+    """A comparison stopped by a signal: the runs that were stepping are checkpointed, the
+    others did not start; ``signal`` is the signal's number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signal = signum
+
+
+def _stopped(comm, stop, runs, finished: set[int], out: Path) -> None:
+    """Raise :class:`Stopped` on every rank if any group was stopped by a signal."""
+    stops = [s for s in comm.allgather(stop) if s is not None]
+    if not stops:
+        return
+    import signal as _signal
+
+    signum = stops[0][0]
+    resumable = sorted({name for _, name in stops if name is not None})
+    waiting = [r.name for i, r in enumerate(runs) if i not in finished and r.name not in resumable]
+    parts = [f"tme: compare stopped by {_signal.Signals(signum).name}; finished: "
+             f"{', '.join(runs[i].name for i in sorted(finished)) or 'none'}"]
+    if resumable:
+        parts.append("continue " + ", ".join(f"tme run --resume {out / n}" for n in resumable))
+    if waiting:
+        parts.append(f"not started: {', '.join(waiting)}")
+    parts.append("no comparison written (it needs every run: run tme compare again with --overwrite)")
+    raise Stopped(signum, "; ".join(parts))
 
 
 def _agree(comm, failure: tuple[int, str] | None) -> None:

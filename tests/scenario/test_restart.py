@@ -425,3 +425,36 @@ def test_wall_clock_checkpoints_agree_across_ranks(comm, tmp_path):
     assert len(found) == 1
     state = checkpoints.read_state(found[0])
     assert state.written["checkpoints"] == state.steps == summary["steps"]
+
+
+@needs_mpirun
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_signal_stops_a_comparison_with_its_runs_resumable(tmp_path, ranks):
+    """SIGTERM during `tme compare`: the runs stepping stop with a checkpoint, no further run
+    starts, no comparison is written, and one line says what finished and how to continue."""
+    if MPI.COMM_WORLD.size > 1:
+        pytest.skip("starts its own runs")
+    out = tmp_path / "cmp"
+    cfg = _config(tmp_path / "s.yaml", **{"time.end": "400 day", "output.checkpoint": {"wall": None}})
+    p = _tme("compare", cfg, "--out", out, "--sweep", "drugs.chemo.emax=0.2 1/hour,0.3 1/hour,0.4 1/hour",
+             ranks=ranks)
+    first = out / "restart_emax-0.2-1-hour"
+    _wait_rows(first / "timeseries.csv", 20, p)
+    for pid in ([p.pid] if ranks == 1 else _children(p.pid)):   # every rank, as Slurm signals every task
+        os.kill(pid, signal.SIGTERM)
+    _, err = _finish(p, 120)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("tme: compare")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    line = lines[0]
+    assert "stopped by SIGTERM" in line and f"tme run --resume {first}" in line, line
+    # one group of ranks runs the three in turn; two groups run the first two at once
+    stepping = [first] + ([out / "restart_emax-0.3-1-hour"] if ranks == 2 else [])
+    assert "finished: none" in line and "restart_emax-0.4-1-hour" in line.split("not started: ")[1], line
+    for run in stepping:
+        assert f"tme run --resume {run}" in line, line
+    assert not (out / "comparison.csv").exists()
+    assert not (out / "restart_emax-0.4-1-hour").exists()
+    for run in stepping:
+        (ck,) = (run / "checkpoint").glob("step_*")
+        assert json.loads((ck / "state.json").read_text())["steps"] > 0
