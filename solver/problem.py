@@ -484,13 +484,13 @@ class Problem:
         sc = self.scenario
         needs = []
         if sc.output.plots:
-            needs.append(("matplotlib", "output.plots", "set output.plots: false"))
+            needs.append(("matplotlib", "output.plots", "tme[plots]", "set output.plots: false"))
         if self._snapshot_times():
-            needs.append(("pyvista", "output.snapshots", "set output.snapshots.times: []"))
-        for module, key, instead in needs:
+            needs.append(("pyvista", "output.snapshots", "tme[pictures]", "set output.snapshots.times: []"))
+        for module, key, extra, instead in needs:
             if importlib.util.find_spec(module) is None:
-                raise ScenarioError(f"{key}: needs {module}, which is not installed (pip install "
-                                    f"'tme[pictures]', or the system's package); or {instead}")
+                raise ScenarioError(f"{key}: needs {module}, which is not installed (the system's "
+                                    f"package, or pip install '{extra}'); or {instead}")
 
     def _keep_outputs(self) -> None:
         """Without an output directory: the rows, the events and the fields at the output
