@@ -157,7 +157,7 @@ class Results:
         frame = pd.DataFrame(self._rows, columns=self._columns)
         for c in frame.columns:
             if c != "line":
-                frame[c] = pd.to_numeric(frame[c].replace("", np.nan))
+                frame[c] = pd.to_numeric(frame[c].where(frame[c].astype(str) != "", np.nan))
         return frame
 
     @property
@@ -213,7 +213,8 @@ class Results:
                 v = np.concatenate(self._comm.allgather(v))
             points, values = x, v
             at = "cell" if V.ufl_element().basix_element.degree == 0 else "node"
-        order = np.lexsort(points.T[::-1])
+        # sorted by coordinates (to 0.1 nm: the files and the mesh round them differently)
+        order = np.lexsort(np.round(points, 4).T[::-1])
         return FieldValues(name, tk, points[order], values[order], at)
 
     def function(self, name: str, t: float | str | None = None):

@@ -235,7 +235,7 @@ def table(runs, out: str | Path | None = None, comm=None, *, sweep: dict | None 
                    labels=labels)
     frame = pd.DataFrame(rows)
     for c in frame.columns:
-        filled = frame[c].replace("", np.nan)
+        filled = frame[c].where(frame[c].astype(str) != "", np.nan)
         numbers = pd.to_numeric(filled, errors="coerce")
         if c != "run" and 0 < numbers.notna().sum() == filled.notna().sum():
             frame[c] = numbers
