@@ -175,3 +175,26 @@ def test_plot(tmp_path):
     assert len(axes) == len(sc.species_names()) and "µm^2" in axes[0].get_ylabel()
     with pytest.raises(tme.ScenarioError, match="choose"):
         r.plot("clones")
+
+
+def test_examples_on_the_command_line(tmp_path):
+    from runs import finish, tme as run_tme
+
+    out, err = finish(run_tme("examples"), 120)
+    assert out.split() == tme.examples.names() and "default" in out.split()
+    out, err = finish(run_tme("examples", "path", "mdr_pgp"), 120)
+    assert Path(out.strip()) == tme.examples.path("mdr_pgp") and Path(out.strip()).is_file()
+    p = run_tme("examples", "path", "mdr_pgb")
+    out, err = finish(p, 120)
+    assert p.returncode == 2 and err.strip().count("\n") == 0 and "did you mean 'mdr_pgp'" in err
+    p = run_tme("examples", "copy", tmp_path / "ex")
+    finish(p, 120)
+    assert p.returncode == 0
+    copied = tmp_path / "ex"
+    assert sorted(f.name for f in (copied / "configs").iterdir()) == [f"{n}.yaml" for n in tme.examples.names()]
+    # a copied scenario reads its mesh from the copy
+    assert tme.load(copied / "configs" / "penetration.yaml").mesh.path == (copied / "meshes" / "tissue_slice.msh").resolve()
+    before = sorted(copied.rglob("*"))
+    p = run_tme("examples", "copy", copied)
+    out, err = finish(p, 120)
+    assert p.returncode == 2 and "exists already" in err and sorted(copied.rglob("*")) == before
