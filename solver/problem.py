@@ -488,7 +488,11 @@ class Problem:
         if self._snapshot_times():
             needs.append(("pyvista", "output.snapshots", "tme[pictures]", "set output.snapshots.times: []"))
         for module, key, extra, instead in needs:
-            if importlib.util.find_spec(module) is None:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
                 raise ScenarioError(f"{key}: needs {module}, which is not installed (the system's "
                                     f"package, or pip install '{extra}'); or {instead}")
 

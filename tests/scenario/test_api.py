@@ -198,3 +198,27 @@ def test_examples_on_the_command_line(tmp_path):
     p = run_tme("examples", "copy", copied)
     out, err = finish(p, 120)
     assert p.returncode == 2 and "exists already" in err and sorted(copied.rglob("*")) == before
+
+
+def test_a_run_without_matplotlib_is_refused_before_it_starts(tmp_path):
+    """The plots need the 'plots' extra (or the system's matplotlib): said in one line before
+    anything is written, and a run without plots goes on."""
+    code = ("import importlib.abc, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'matplotlib':\n"
+            "            raise ImportError(name + ' blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import tme\n"
+            f"sc = tme.load(tme.examples.path('default')).with_changes({QUICK!r})\n"
+            "sc = sc.with_changes({'output.plots': True, 'time.end': '2 hour'})\n"
+            "try:\n"
+            "    tme.run(sc, out='refused', quiet=True)\n"
+            "except tme.ScenarioError as exc:\n"
+            "    print(exc)\n"
+            "tme.run(sc.with_changes({'output.plots': False}), out='ran', quiet=True)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == ("output.plots: needs matplotlib, which is not installed (the system's "
+                                "package, or pip install 'tme[plots]'); or set output.plots: false")
+    assert not (tmp_path / "refused").exists() and (tmp_path / "ran" / "summary.json").is_file()
