@@ -1,15 +1,61 @@
 """tme: a finite-element solver of the tumour microenvironment under chemotherapy.
 
+The Python API (docs/api.md)::
+
+    import tme
+
+    scenario = tme.load(tme.examples.path("default"))             # or tme.Scenario(...)
+    shorter = scenario.with_changes({"time.end": "10 day", "drugs.doxorubicin.emax": "0.1 1/hour"})
+    results = tme.run(shorter)                                     # in memory; out=DIR writes files
+    results.timeseries, results.events, results.summary            # DataFrames and a dict
+    results.field("total", "5 day"), results.plot()
+    table = tme.compare({"a": scenario, "b": shorter})             # a DataFrame, one row per run
+
+Its names are imported when first used, so ``import tme`` loads neither DOLFINx nor pandas.
+
 The package reads as the model, each layer importing only those above it:
 ``pharmacology`` (drug classes and resistance mechanisms) -> ``config`` (the validated scenario:
 schema, units) -> ``pk`` (plasma levels), ``protocol`` (lines of therapy), ``cells`` (clone
 dynamics and their compiled kernel), ``clock`` and ``state`` (the step clock, what changes in
 time) -> ``mesh`` and ``tissue`` (the domain and its properties), ``transport`` (drugs, survival
 factor, oxygen), ``vasculature`` (vessel networks and blood flow) -> ``outputs`` -> ``problem``
-(initialise, iterate, run, resume) -> ``studies`` (compare, verify) -> ``cli``.
+(initialise, iterate, run, resume) -> ``results`` (the Python face of a run) -> ``studies``
+(compare, verify) -> ``cli``.
 """
 
 if __name__ != "tme":   # one name, so that no module is imported twice under two
     raise ImportError(f"this package is imported as 'tme', not {__name__!r}")
 
 __version__ = "0.1.0"
+
+#: The public names: where each is defined (imported on first use).
+_API = {
+    "load": ("tme.config.scenario", "load"),
+    "Scenario": ("tme.config.scenario", "Scenario"),
+    "ScenarioError": ("tme.config.spec", "ScenarioError"),
+    "run": ("tme.results", "run"),
+    "Results": ("tme.results", "Results"),
+    "FieldValues": ("tme.results", "FieldValues"),
+    "compare": ("tme.studies.compare", "table"),
+    "Problem": ("tme.problem", "Problem"),
+    "RunError": ("tme.problem", "RunError"),
+}
+
+__all__ = sorted(_API) + ["examples"]
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _API:
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name == "examples":
+        return importlib.import_module("tme.examples")
+    raise AttributeError(f"module 'tme' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

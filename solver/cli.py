@@ -1,4 +1,4 @@
-"""The ``tme`` command line: run, validate, schema, verify, compare.
+"""The ``tme`` command line: run, validate, schema, verify, compare, examples.
 
 Run in parallel as ``mpirun -n N tme run CONFIG``. Errors a user can cause (a bad argument,
 scenario, mesh or output directory, a full disk, a run stopped by its NaN guard, not enough
@@ -110,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
 
     f = add("verify", help="run the verification cases against closed forms")
     f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
+
+    e = add("examples", help="the example scenarios shipped with tme: list them, print the path "
+            "of one, or copy them (with their meshes) into a directory")
+    e.add_argument("action", nargs="?", choices=("list", "path", "copy"), default="list",
+                   help="list (default): their names; path NAME: the file of one; copy DIR: "
+                        "DIR/configs and DIR/meshes, runnable from anywhere")
+    e.add_argument("target", nargs="?", metavar="NAME|DIR")
     return p
 
 
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     all_ranks, quiet = getattr(args, "log_all_ranks", False), getattr(args, "quiet", False)
     logger = log.setup(comm.rank, comm.size, all_ranks, level=30 if quiet else 20)
     if args.command is None:
-        _say("tme: error: a command is needed: run, validate, compare, schema or verify (see 'tme --help')")
+        _say("tme: error: a command is needed: run, validate, compare, schema, verify or examples "
+             "(see 'tme --help')")
         return 2
     try:
         return _dispatch(args, comm)
@@ -188,6 +196,8 @@ def _dispatch(args, comm) -> int:
             print(sc.resolved_yaml(scen), end="")
         log.get().info(f"{model.describe()}; valid: 'tme run' passes every check of its set-up")
         return 0
+    if args.command == "examples":
+        return _examples(args, comm)
     if args.command == "verify":
         from .studies.verify import main as verify_main
 
@@ -222,6 +232,39 @@ def _dispatch(args, comm) -> int:
         # stopped by a signal: 128 + its number, as a shell reports a process it killed
         return 128 + summary["signal"] if "signal" in summary else 0
     raise AssertionError(args.command)
+
+
+def _examples(args, comm) -> int:
+    from . import examples
+
+    if args.action == "list":
+        if args.target is not None:
+            raise ScenarioError(f"tme examples list: takes no argument (got {args.target!r})")
+        if comm.rank == 0:
+            for name in examples.names():
+                print(name)
+        return 0
+    if args.target is None:
+        what = "NAME (see 'tme examples')" if args.action == "path" else "the directory DIR to copy into"
+        raise ScenarioError(f"tme examples {args.action}: give {what}")
+    if args.action == "path":
+        found = examples.path(args.target)
+        if comm.rank == 0:
+            print(found)
+        return 0
+    err = None
+    if comm.rank == 0:
+        try:
+            dest = examples.copy(args.target)
+        except ScenarioError as exc:
+            err = str(exc)
+        else:
+            log.get().info(f"copied the example scenarios to {dest / 'configs'} and their meshes to "
+                           f"{dest / 'meshes'}; run one with: tme run {dest / 'configs' / 'default.yaml'}")
+    err = comm.bcast(err, root=0)
+    if err:
+        raise ScenarioError(err)
+    return 0
 
 
 def _inputs(config: Path, scen) -> list[Path]:

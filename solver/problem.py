@@ -27,6 +27,7 @@ Units: µm, hour, µM; densities are volume fractions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time as wallclock
@@ -55,6 +56,7 @@ from .pharmacology import DRUG_CLASSES
 from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
 from .outputs.fields import FieldOutput
+from .outputs.memory import MemoryFields
 from .outputs.network import NetworkOutput
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
@@ -406,8 +408,10 @@ class StopSignals:
 class Problem:
     """One simulation of a scenario (see the module docstring).
 
-    ``out``: the output directory, or None to build and step without writing anything (``tme
-    validate`` builds through :meth:`initialise` only). ``overwrite``: replace a previous run's
+    ``out``: the output directory, or None to write nothing and keep the time series, the
+    events and the fields at the output times in memory (``series.rows``, ``events.events``,
+    ``fields``; :func:`tme.run` hands them out as :class:`tme.results.Results`; ``tme validate``
+    builds through :meth:`initialise` only). ``overwrite``: replace a previous run's
     files in ``out``. ``max_memory``: the memory [bytes] the mesh may need (default: what the
     job's machines have available). ``inputs``: the files the run reads (scenario, mesh), which
     ``out`` must not replace. Times in hours; ``state`` holds everything that changes in time.
@@ -462,12 +466,46 @@ class Problem:
         if self._resume_from is not None:
             self._restore(self._resume_from)
         if self.out is not None:
+            self._check_pictures()
             if self._resume_from is None:
                 outputs.check_space(self.out, self.comm, *self._output_size())
             self._open_outputs()
             # only now: a refused run prints its one error line and nothing else
             self.logger.info(m.describe())
+        else:
+            self._keep_outputs()
         return self
+
+    def _check_pictures(self) -> None:
+        """The plots need matplotlib, the snapshots pyvista (the ``pictures`` extra, or the
+        system's packages): refused before the run, not at its end."""
+        import importlib.util
+
+        sc = self.scenario
+        needs = []
+        if sc.output.plots:
+            needs.append(("matplotlib", "output.plots", "tme[plots]", "set output.plots: false"))
+        if self._snapshot_times():
+            needs.append(("pyvista", "output.snapshots", "tme[pictures]", "set output.snapshots.times: []"))
+        for module, key, extra, instead in needs:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ScenarioError(f"{key}: needs {module}, which is not installed (the system's "
+                                    f"package, or pip install '{extra}'); or {instead}")
+
+    def _keep_outputs(self) -> None:
+        """Without an output directory: the rows, the events and the fields at the output
+        times are kept in memory; nothing is written."""
+        m = self.model
+        self.series = TimeSeries(None, self._columns(), self.comm, row=self._current_row)
+        self.events = EventLog(None, self.comm, pending=self._take_events)
+        self.fields = MemoryFields(self._fields(), self.field_times, before_write=self._update_fields)
+        self.network = None
+        self.outputs = [self.series, self.events, self.fields]
+        self.logger.debug(m.describe())
 
     def _output_size(self) -> tuple[float, str]:
         """About how many bytes the run writes, and of what (checked against the free space)."""
@@ -631,9 +669,10 @@ class Problem:
         summary = self.summary
         if self.signal is not None:
             name = signal.Signals(self.signal).name
-            where = f"checkpoint {self.checkpoint.path}" if self.outputs else "nothing written"
+            where = (f"checkpoint {self.checkpoint.path}; continue with: tme run --resume {self.out}"
+                     if self.out is not None else "the results up to it are kept in memory")
             self.logger.warning(f"tme: stopped by {name} at t = {st.t:g} h ({st.t / 24:.4g} day), step "
-                                f"{st.steps}; {where}; continue with: tme run --resume {self.out}")
+                                f"{st.steps}; {where}")
         else:
             self.logger.info(f"done: {st.steps} steps in {summary['wall_time_seconds']:.1f} s" +
                              (f"; results in {self.out}" if self.out else ""))
@@ -1287,11 +1326,7 @@ def run(scenario: Scenario | None, out: Path, comm=MPI.COMM_WORLD, overwrite: bo
         max_memory: float | None = None, inputs=()) -> dict:
     """Run a scenario into ``out`` (or continue the run in ``out``: ``resume``); returns the
     summary (also written to summary.json). ``max_memory``, ``inputs``: see :class:`Problem`."""
-    logger = log.get()
-    level = logger.level
-    if quiet:
-        logger.setLevel(30)
-    try:
+    with logging_for(quiet) as logger:
         if resume:
             try:
                 problem = Problem.resume(out, comm, scenario, with_changes, overrides)
@@ -1301,5 +1336,16 @@ def run(scenario: Scenario | None, out: Path, comm=MPI.COMM_WORLD, overwrite: bo
         else:
             problem = Problem(scenario, comm, out, overwrite=overwrite, max_memory=max_memory, inputs=inputs)
         return problem.initialise().run()
+
+
+@contextlib.contextmanager
+def logging_for(quiet: bool):
+    """Within: with ``quiet`` only warnings and errors are logged."""
+    logger = log.get()
+    level = logger.level
+    if quiet:
+        logger.setLevel(30)
+    try:
+        yield logger
     finally:
         logger.setLevel(level)

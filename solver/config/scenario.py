@@ -428,8 +428,49 @@ class OutputSpec(Spec):
     checkpoint: CheckpointSpec = CheckpointSpec()
 
 
-class Scenario(Spec):
-    """A complete scenario: what is simulated, on what tissue, with which treatment."""
+class _OneLineErrors(type(Spec)):
+    """Construction in Python (``Scenario(name=..., ...)``) reports a bad value in one line,
+    as loading a file does (validation from a mapping does not pass through here)."""
+
+    def __call__(cls, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise ScenarioError(f"{cls.__name__}(...): {_format(exc)}") from None
+
+
+class Scenario(Spec, metaclass=_OneLineErrors):
+    """A complete scenario: what is simulated, on what tissue, with which treatment.
+
+    Built from a file (:func:`load`), from a mapping (:func:`validate`) or in Python, with the
+    sections as keyword arguments written as in a file::
+
+        Scenario(name="slab", mesh={"kind": "rectangle", "size": ["400 um", "200 um"],
+                                    "cells": [20, 10]},
+                 time={"end": "2 day", "dt": "1 hour"})
+
+    A value that is not valid raises :class:`ScenarioError` with one line naming its key.
+    Scenarios are frozen: :meth:`with_changes` returns a changed copy.
+    """
+
+    def with_changes(self, changes: dict[str, Any]) -> "Scenario":
+        """A copy with the dotted keys of ``changes`` set, validated as a whole, e.g.
+        ``with_changes({"drugs.dox.emax": "0.1 1/hour", "time.end": "10 day"})``.
+
+        Keys and values are those of ``--set key.path=value``: a value is given as in a file
+        (a quantity as text with its unit, a section as a dict); list items by index
+        (``treatment.lines.0.assess_every``). Raises :class:`ScenarioError` with one line naming
+        the key on a bad key or value.
+        """
+        if not isinstance(changes, dict):
+            raise ScenarioError(f"with_changes: expected a dict of key.path -> value, got "
+                                f"{type(changes).__name__}")
+        data = self.model_dump(mode="json", by_alias=True)
+        for key, value in changes.items():
+            if not isinstance(key, str):
+                raise ScenarioError(f"with_changes: key {key!r} is not text; write e.g. 'time.end'")
+            set_key(data, key, value, how="with_changes")
+        return validate(data, source=f"scenario {self.name!r} with changes")
 
     name: Name
     description: str = ""
@@ -600,11 +641,25 @@ def apply_override(data: dict, item: str) -> None:
     if "=" not in item:
         raise ScenarioError(f"--set {item!r}: expected key.path=value")
     key, value = item.split("=", 1)
+    try:
+        parsed = _yaml(value)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"--set {key.strip()}: value {value!r} is{_yaml_error(exc).split(':', 1)[-1]}; "
+                            f"quote text such as '10 day'") from None
+    set_key(data, key, parsed, f"--set {item!r}", "--set")
+
+
+def set_key(data: dict, key: str, value: Any, item: str | None = None, how: str = "--set") -> None:
+    """Set the dotted ``key`` (list items by index: ``treatment.lines.0.regimen``) of a raw
+    scenario mapping to ``value`` in place, making missing sections on the way (the validation
+    that follows names a key that does not exist). ``how`` starts every error line
+    ('--set', 'with_changes'), ``item`` names the change as given."""
     key = key.strip()
+    item = item or f"{how} {key!r}"
     parts = key.split(".")
     if not key or any(not p.strip() for p in parts):
         what = "is empty" if not key else f"{key!r} has an empty part"
-        raise ScenarioError(f"--set {item!r}: the key path {what}; write e.g. time.end='10 day'")
+        raise ScenarioError(f"{item}: the key path {what}; write e.g. time.end='10 day'")
     parts = [p.strip() for p in parts]
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
@@ -612,23 +667,20 @@ def apply_override(data: dict, item: str) -> None:
             try:
                 node = node[int(part)]
             except (ValueError, IndexError):
-                raise ScenarioError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' is not an index of a list of {len(node)}") from None
+                raise ScenarioError(f"{how} {key}: '{'.'.join(parts[:depth + 1])}' is not an index of a list of {len(node)}") from None
         else:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:   # a section absent, or null in a written-out scenario
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, (dict, list)):
-                raise ScenarioError(f"--set {key}: '{'.'.join(parts[:depth + 1])}' is a value, not a section")
-    try:
-        parsed = _yaml(value)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"--set {key}: value {value!r} is{_yaml_error(exc).split(':', 1)[-1]}; "
-                            f"quote text such as '10 day'") from None
+                raise ScenarioError(f"{how} {key}: '{'.'.join(parts[:depth + 1])}' is a value, not a section")
     if isinstance(node, list):
         try:
-            node[int(parts[-1])] = parsed
+            node[int(parts[-1])] = value
         except (ValueError, IndexError):
-            raise ScenarioError(f"--set {key}: '{parts[-1]}' is not an index of a list of {len(node)}") from None
+            raise ScenarioError(f"{how} {key}: '{parts[-1]}' is not an index of a list of {len(node)}") from None
     else:
-        node[parts[-1]] = parsed
+        node[parts[-1]] = value
 
 
 def validate(data: dict, source: str = "scenario", base_dir: Path | None = None) -> Scenario:

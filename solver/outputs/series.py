@@ -46,12 +46,12 @@ def _open_append(path: Path) -> int:
 
 class TimeSeries:
     """``timeseries.csv``: one row per step (every step is due), with the rows kept in memory
-    for the summary and the plots."""
+    for the summary and the plots; with ``path`` None the rows are only kept."""
 
     milestones: tuple[float, ...] = ()
 
     def __init__(self, path: Path, columns: list[str], comm, row=None):
-        self.path, self.columns, self.comm = Path(path), columns, comm
+        self.path, self.columns, self.comm = None if path is None else Path(path), columns, comm
         self.rank0 = comm.rank == 0
         self.rows: list[dict] = []
         self.row = row   # callable () -> the row of the step just taken
@@ -97,7 +97,7 @@ class TimeSeries:
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        if self.rank0:
+        if self.rank0 and self._fd is not None:
             append_line(self._fd, self._line(row))
 
     def column(self, name: str) -> list:
@@ -112,12 +112,13 @@ class TimeSeries:
 class EventLog:
     """``events.csv`` and ``events.json``: every dose, assessment and decision.
 
-    Due whenever the step brought events: ``pending`` (a callable) hands them over."""
+    Due whenever the step brought events: ``pending`` (a callable) hands them over. With
+    ``out`` None the events are only kept."""
 
     milestones: tuple[float, ...] = ()
 
     def __init__(self, out: Path, comm, pending=None):
-        self.out, self.comm, self.rank0 = Path(out), comm, comm.rank == 0
+        self.out, self.comm, self.rank0 = None if out is None else Path(out), comm, comm.rank == 0
         self.events: list[Event] = []
         self.pending = pending
         self._fd = None
@@ -162,7 +163,7 @@ class EventLog:
         if not events:
             return
         self.events += events
-        if self.rank0:
+        if self.rank0 and self._fd is not None:
             append_line(self._fd, "".join(self._line(e) for e in events))
             replace_text(self.out / "events.json", self._json())
 
