@@ -200,7 +200,9 @@ class AdaptSpec(Spec):
     every: Weeks = Field("4 week", description="interval between rule assessments")
     first: Weeks = Field("4 week", description="first rule assessment after the start of the "
                                                "line; default: every")
-    baseline: TumourSize | None = Field(None, description="the holiday's baseline: cells or a "
+    baseline: Annotated[Size, BeforeValidator(_size), PlainSerializer(str),
+                        WithJsonSchema({"type": "string", "description": "a baseline burden: a "
+                                        "cell count ('100 cell') or a volume ('1e6 um**3')"})] | None = Field(None, description="the holiday's baseline: cells or a "
                                         "volume; None = the burden at the line's start")
     holiday: HolidaySpec | None = None
     modulation: ModulationSpec | None = None

@@ -599,3 +599,39 @@ def test_adapt_errors_name_the_key():
     spec = adaptive({"drugs": ["drug9"]})
     with pytest.raises(ValueError, match=r"treatment.lines.0.adapt.holiday.drugs.0@ drug 'drug9' has no dose"):
         check_references(spec, {"drug1", "drug9"}, {})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("treatment.lines.0.adapt.holiday.pause_below=1.5",
+     "treatment.lines.0.adapt.holiday: pause_below 1.5 must be below resume_above 1"),
+    ("treatment.lines.0.adapt.modulation={min_level: 2}",
+     "treatment.lines.0.adapt.modulation: min_level 2 and max_level 2 must hold the starting level 1"),
+    ("treatment.lines.0.adapt.holiday.drugs=[bar]",
+     "treatment.lines.0.adapt.holiday.drugs.0: drug 'bar' has no dose in treatment.lines.0.regimen"),
+    ("treatment.lines.0.adapt.baseline=5", "treatment.lines.0.adapt.baseline: a bare number is ambiguous"),
+    ("treatment.limits={therapy: {max_cumulative: 5}}",
+     "treatment.limits.therapy.max_cumulative: a bare number is ambiguous"),
+    ("treatment.limits={foo: {max_peak: 1 uM}}", "treatment.limits.foo: unknown drug 'foo'; defined drugs: therapy"),
+    ("treatment.limits={therapy: {policy: reduce}}",
+     "treatment.limits.therapy: declare max_cumulative, max_peak or max_auc"),
+    ("treatment.limits={therapy: {max_peak: 1 mg}}", "treatment.limits.therapy.max_peak"),
+])
+def test_bad_adaptive_keys_are_one_line_errors_naming_the_key(override, message):
+    from pathlib import Path
+
+    from tme.config import scenario
+    from tme.config.spec import ScenarioError
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "adaptive.yaml"
+    with pytest.raises(ScenarioError) as err:
+        scenario.load(config, [override])
+    text = str(err.value)
+    assert "\n" not in text and message in text, text
+
+
+def test_an_auc_limit_needs_a_cycle():
+    spec = TreatmentSpec.model_validate({"lines": [{"name": "a", "regimen": [{"drug": "d", "amount": "1 uM"}]}],
+                                         "limits": {"d": {"max_auc": "5 uM*hour"}}})
+    with pytest.raises(ValueError, match=r"treatment.limits.d.auc_window@ dose treatment.lines.0.regimen.0 "
+                                         r"of d has no cycle period"):
+        check_references(spec, {"d"}, {})
