@@ -783,7 +783,7 @@ class Problem:
                                                                         if scale != 1.0 else ""), data))
             elif not g.limits:
                 self._new_events.append(Event(g.start, "skip", f"{what} not given: "
-                                              + ("treatment holiday" if self.protocol.paused
+                                              + ("treatment holiday" if self.protocol.on_holiday(g.drug)
                                                  else "dose level below skip_below"), data))
 
     def _report(self, t, burden, fractions):

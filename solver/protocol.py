@@ -235,12 +235,17 @@ class Protocol:
         adapt = None if self.line is None else self.line.adapt
         if adapt is None:
             return 1.0
-        h, m = adapt.holiday, adapt.modulation
-        if h is not None and self.paused and (h.drugs is None or drug in h.drugs):
+        m = adapt.modulation
+        if self.on_holiday(drug):
             return 0.0
         if m is not None and (m.drugs is None or drug in m.drugs):
             return given_level(self.level, m)
         return 1.0
+
+    def on_holiday(self, drug: str) -> bool:
+        """Whether ``drug`` is paused by the current line's holiday."""
+        h = None if self.line is None or self.line.adapt is None else self.line.adapt.holiday
+        return h is not None and self.paused and (h.drugs is None or drug in h.drugs)
 
     def assess(self, t: float, burden: float, resistant_fraction: float | None = None,
                clone_fractions: dict[str, float] | None = None,
