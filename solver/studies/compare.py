@@ -92,7 +92,7 @@ def plan(configs: list[Path], sweeps: list[str], overrides: list[str]) -> list[R
 
 def _slug(override: str) -> str:
     key, value = override.split("=", 1)
-    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{key.split('.')[-1]}-{value}").strip("-")[:60]
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{key.split('.')[-1]}-{value}").strip("-")
 
 
 def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overwrite=False,
