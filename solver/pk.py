@@ -89,12 +89,46 @@ def _modes(pk: PKSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Input(NamedTuple):
-    """One dose as given to the plasma: a bolus (end == start) or an infusion at ``rate``."""
+    """One dose as planned: a bolus (end == start) or an infusion at ``rate``; it reaches the
+    plasma at ``scale`` × its amount. A dose is *decided* (:meth:`Plasma.give`) when it
+    starts: until then it counts at its planned scale 1."""
 
     start: float  # hour
     end: float    # hour; == start for a bolus
     bolus: float  # µM added at start
     rate: float   # µM/hour during [start, end)
+    scale: float = 1.0    # the multiple of the planned amount given
+    decided: float = 1.0  # 1 once given (or not), 0 while planned
+    every: float = 0.0    # the cycle period of its dose [hour]; 0 for a single dose
+
+    @property
+    def amount(self) -> float:
+        """The planned amount [µM]: the bolus, or rate × duration."""
+        return self.bolus + self.rate * (self.end - self.start)
+
+
+class Given(NamedTuple):
+    """A dose as given: its ``drug``, ``start`` [hour], planned and given amounts [µM], the
+    factor the protocol asked for, and the limits that cut it (policy 'reduce' or 'skip')."""
+
+    drug: str
+    start: float
+    planned: float
+    given: float
+    factor: float
+    limits: tuple[str, ...]
+
+
+class Limits(NamedTuple):
+    """One drug's limits in the units of the plasma: cumulative dose [µM], peak [µM], AUC per
+    cycle [µM·hour] (each inf when not set), the AUC window [hour] (None: the dose's cycle),
+    and the policy."""
+
+    cumulative: float = math.inf
+    peak: float = math.inf
+    auc: float = math.inf
+    window: float | None = None
+    policy: str = "reduce"
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,9 +163,11 @@ class Plasma:
             self._input = self._proj[:, :, 0]  # each mode's share of an input into the central compartment
 
     # ---- doses -----------------------------------------------------------------------------
-    def add_dose(self, start: float, concentration: float, infusion: float = 0.0) -> None:
-        """Give ``concentration`` [µM] at ``start`` [hour]: a bolus, or over ``infusion`` hours."""
-        self._add([self._make(start, concentration, infusion)])
+    def add_dose(self, start: float, concentration: float, infusion: float = 0.0,
+                 every: float = 0.0) -> None:
+        """Give ``concentration`` [µM] at ``start`` [hour]: a bolus, or over ``infusion`` hours
+        (``every``: the cycle period [hour] it belongs to, for an AUC limit)."""
+        self._add([self._make(start, concentration, infusion)._replace(every=float(every))])
 
     def schedule(self, doses: Sequence[Dose], offset: float, key: str) -> None:
         """Give this drug's doses among ``doses``, each cycle k at offset + start + k·every [hour].
@@ -162,8 +198,8 @@ class Plasma:
             raise ValueError(f"dose of {self.name}: start {start}, concentration {concentration} uM, "
                              f"infusion {infusion} hour; expected finite values, concentration and infusion >= 0")
         if infusion > 0.0:
-            return _Input(float(start), float(start + infusion), 0.0, concentration / infusion)
-        return _Input(float(start), float(start), float(concentration), 0.0)
+            return _Input(float(start), float(start + infusion), 0.0, concentration / infusion, 1.0, 0.0)
+        return _Input(float(start), float(start), float(concentration), 0.0, 1.0, 0.0)
 
     def _plan(self, doses: Sequence[Dose], offset: float, key: str) -> list[_Input]:
         """This drug's doses among ``doses``, cycles expanded; validated before anything changes."""
@@ -181,7 +217,7 @@ class Plasma:
                 raise ScenarioError(f"{where}.every: {dose.cycles} cycles need a cycle period > 0 "
                                     "(e.g. every: 21 day)")
             conc = dose_concentration(dose.amount, self.pk, f"{where}.amount")
-            plan += [self._make(offset + dose.start + c * every, conc, dose.infusion)
+            plan += [self._make(offset + dose.start + c * every, conc, dose.infusion)._replace(every=every)
                      for c in range(dose.cycles)]
         return plan
 
@@ -196,17 +232,17 @@ class Plasma:
         Nothing before ``since`` changed, so the states cached at earlier events stay valid; the
         area of the last of them does not (the event after it may have moved).
         """
-        inputs = self._inputs
+        inputs = [d for d in self._inputs if d.scale != 0.0]  # a dose not given changes nothing
         times = sorted({d.start for d in inputs} | {d.end for d in inputs})
         index = {t: j for j, t in enumerate(times)}
         jump, rate = [0.0] * len(times), [0.0] * len(times)
         for d in inputs:
             j = index[d.start]
-            jump[j] += d.bolus
+            jump[j] += d.bolus * d.scale
             # summed per interval, not as running +/- increments, so the rate returns to
             # exactly 0 when the infusions end
             for i in range(j, index[d.end]):
-                rate[i] += d.rate
+                rate[i] += d.rate * d.scale
         # the cache holds states by position: keep those of the unchanged leading events
         old = self._times
         keep = min(bisect.bisect_left(times, since), len(old))
@@ -216,6 +252,146 @@ class Plasma:
         del self._areas[max(keep - 1, 0):]
         self._cursor = 0
         self.version += 1
+
+    # ---- doses as given: the protocol's factor and the limits ---------------------------------
+    def give(self, t: float, factor: float = 1.0, limits: Limits | None = None) -> list[Given]:
+        """Decide every planned dose starting at or before ``t`` [hour], in order of start: it
+        is given at ``factor`` × its planned amount, cut by ``limits`` (each dose checked
+        against the doses given before it). Returns what was given."""
+        out = []
+        while True:
+            todo = [i for i, d in enumerate(self._inputs) if not d.decided and d.start <= t]
+            if not todo:
+                return out
+            i = min(todo, key=lambda k: self._inputs[k].start)
+            d = self._inputs[i]
+            scale, cut = max(float(factor), 0.0), []
+            if limits is not None and scale > 0.0:
+                scale, cut = self._limited(i, scale, limits)
+            self._inputs[i] = d._replace(scale=scale, decided=1.0)
+            self._rebuild(d.start)
+            out.append(Given(self.name, d.start, d.amount, scale * d.amount, float(factor), tuple(cut)))
+
+    def _limited(self, i: int, scale: float, limits: Limits) -> tuple[float, list[str]]:
+        """The largest scale <= ``scale`` at which dose ``i`` meets ``limits``, and the limits
+        that bound it (the scale is 0 under policy 'skip' when any does)."""
+        d = self._inputs[i]
+        bounds = {}
+        if math.isfinite(limits.cumulative):
+            before = math.fsum(e.amount * e.scale for e in self._inputs if e.decided)
+            bounds["cumulative"] = (limits.cumulative - before) / d.amount if d.amount > 0 else math.inf
+        if math.isfinite(limits.auc):
+            window = limits.window if limits.window is not None else d.every
+            a0 = self._trial(i, 0.0).integral(d.start, d.start + window)
+            a1 = self._trial(i, 1.0).integral(d.start, d.start + window) - a0
+            bounds["auc"] = (limits.auc - a0) / a1 if a1 > 0 else math.inf
+        if math.isfinite(limits.peak):
+            bounds["peak"] = self._peak_scale(i, scale, limits.peak)
+        cut = sorted(k for k, b in bounds.items() if b < scale)
+        if not cut:
+            return scale, []
+        if limits.policy == "skip":
+            return 0.0, cut
+        return max(min(bounds[k] for k in cut), 0.0), cut
+
+    def _trial(self, i: int, scale: float) -> "Plasma":
+        """This drug's plasma with the doses decided so far and dose ``i`` at ``scale``."""
+        trial = Plasma(self.pk, self.name)
+        trial._inputs = [d for d in self._inputs if d.decided] + [self._inputs[i]._replace(scale=scale, decided=1.0)]
+        trial._rebuild(-math.inf)
+        return trial
+
+    def _peak_scale(self, i: int, scale: float, peak: float) -> float:
+        """The largest s <= ``scale`` whose plasma peak over dose ``i``'s delivery is <= ``peak``.
+
+        A bolus: C(start) before it plus s × its amount (closed form). An infusion: the peak
+        max_τ [f(τ) + s g(τ)] is convex and non-decreasing in s, bisected to the last bit on
+        the exact :meth:`peak`."""
+        d = self._inputs[i]
+        if d.end == d.start:
+            base = self._trial(i, 0.0).concentration(d.start)
+            return (peak - base) / d.bolus if d.bolus > 0 else math.inf
+        def top(s):
+            return self._trial(i, s).peak(d.start, d.end)
+        if top(scale) <= peak:
+            return math.inf
+        lo, hi = 0.0, scale
+        if top(0.0) > peak:
+            return 0.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if mid in (lo, hi):
+                break
+            lo, hi = (mid, hi) if top(mid) <= peak else (lo, mid)
+        return lo
+
+    def peak(self, t0: float, t1: float) -> float:
+        """The exact maximum of C_p [µM] over [t0, t1] [hour] (boluses at t counted at t).
+
+        Between events the input is constant and C(τ) = Σ_i a_i e^{λ_i τ} + c (a term b τ for a
+        zero eigenvalue): monotone for one mode, at most one interior extremum for two, found
+        from C'(τ) = 0 in closed form."""
+        if self.constant:
+            return self.pk.level
+        T = self._times
+        cuts = [t0] + [x for x in T if t0 < x < t1] + [t1]
+        best = self.concentration(t0)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            best = max(best, self.concentration(b), self._interior_max(a, b))
+        return best
+
+    def _interior_max(self, a: float, b: float) -> float:
+        """The largest interior extremum of C over (a, b), an interval of constant input; -inf if none."""
+        j = self._index(a)
+        if j < 0 or len(self._lam) < 2:
+            return -math.inf
+        x, _ = self._advance(self._state(j), self._rate[j], a - self._times[j])
+        r = self._rate[j]
+        px = self._proj @ x
+        coef, lin = [], 0.0
+        for m, lam in enumerate(self._lam):
+            w = self._input[m][0]
+            if lam == 0.0:
+                coef.append(0.0)
+                lin += r * w  # a term (x_m + r w τ): its slope
+                continue
+            coef.append(px[m][0] + r * w / lam)
+        (l1, l2), (a1, a2) = self._lam, coef
+        # C'(τ) = a1 λ1 e^{λ1 τ} + a2 λ2 e^{λ2 τ} + lin = 0
+        if lin == 0.0 and l1 != 0.0 and l2 != 0.0:
+            num, den = -a2 * l2, a1 * l1
+            if den == 0.0 or num / den <= 0.0:
+                return -math.inf
+            tau = math.log(num / den) / (l1 - l2)
+        elif l1 == 0.0 or l2 == 0.0:
+            lam, av = (l2, a2) if l1 == 0.0 else (l1, a1)
+            if av * lam == 0.0 or -lin / (av * lam) <= 0.0:
+                return -math.inf
+            tau = math.log(-lin / (av * lam)) / lam
+        else:
+            return -math.inf
+        if not 0.0 < tau < b - a:
+            return -math.inf
+        return self.concentration(a + tau)
+
+    def cumulative(self) -> tuple[float, float]:
+        """(given, planned) [µM]: the total amount of the doses decided so far, as given and at
+        their planned amounts (the continuous schedule of the same doses)."""
+        done = [d for d in self._inputs if d.decided]
+        return math.fsum(d.amount * d.scale for d in done), math.fsum(d.amount for d in done)
+
+    def given_until(self, t: float) -> float:
+        """The amount [µM] given by the doses decided so far, counted up to ``t`` [hour] (an
+        infusion running at t counts pro rata)."""
+        total = []
+        for d in self._inputs:
+            if not d.decided or d.start > t:
+                continue
+            if d.end > d.start:
+                total.append(d.rate * d.scale * (min(d.end, t) - d.start))
+            else:
+                total.append(d.bolus * d.scale)
+        return math.fsum(total)
 
     def state(self) -> list[list[float]]:
         """The doses given so far, as plain data (JSON): :meth:`restore` takes it."""
@@ -329,9 +505,40 @@ class Plasma:
 class PlasmaSet:
     """Plasma concentrations [µM] of every drug of a scenario, t in hours of simulated time."""
 
-    def __init__(self, drugs: dict[str, DrugSpec]):
+    def __init__(self, drugs: dict[str, DrugSpec], limits: dict | None = None):
         self.plasma = {name: Plasma(d.pk, name) for name, d in drugs.items()}
         self._memo: tuple | None = None
+        self.limits: dict[str, Limits] = {}
+        self.set_limits(limits or {}, drugs)
+
+    def set_limits(self, limits: dict, drugs: dict[str, DrugSpec]) -> None:
+        """Each drug's :class:`tme.config.treatment.LimitSpec` (``treatment.limits``), in the
+        units of the plasma (a cumulative amount is converted like a dose)."""
+        out = {}
+        for name, spec in limits.items():
+            cum = math.inf
+            if spec.max_cumulative is not None:
+                cum = dose_concentration(spec.max_cumulative, drugs[name].pk,
+                                         f"treatment.limits.{name}.max_cumulative")
+            out[name] = Limits(cum, math.inf if spec.max_peak is None else spec.max_peak,
+                               math.inf if spec.max_auc is None else spec.max_auc,
+                               spec.auc_window, spec.policy)
+        self.limits = out
+
+    def give(self, t: float, factor=lambda drug: 1.0) -> list[Given]:
+        """Decide every drug's doses starting at or before ``t`` [hour] (:meth:`Plasma.give`),
+        at ``factor(drug)`` × their amount and within the drug's limits."""
+        out = []
+        for name, p in self.plasma.items():
+            if p.constant:
+                continue
+            out += p.give(t, factor(name), self.limits.get(name))
+        return sorted(out, key=lambda g: g.start)
+
+    def cumulative(self) -> dict[str, tuple[float, float]]:
+        """Each dosed drug's (given, planned) total [µM] (:meth:`Plasma.cumulative`)."""
+        return {name: p.cumulative() for name, p in self.plasma.items()
+                if not p.constant and p._inputs}
 
     def __getitem__(self, name: str) -> Plasma:
         return self.plasma[name]

@@ -449,7 +449,9 @@ class Problem:
         self.field_times = sorted(set(regular(sc.output.every or end / 20.0, end))
                                   | set(self._snapshot_times()) | {end})
         self.checkpoint_times = regular(sc.output.checkpoint.every, end)
-        self.clock = Clock.of(sc.time, self.field_times + self.checkpoint_times)
+        self.clock = Clock.of(sc.time, self.field_times + self.checkpoint_times
+                              + [t for t in sc.treatment.report_times if t <= end])
+        m.plasma.set_limits(sc.treatment.limits, sc.drugs)
         self._c = np.zeros((len(m.drugs), m.V.dofmap.index_map.size_local + m.V.dofmap.index_map.num_ghosts))
         self._ici = [i for i, s in enumerate(m.drugs)
                      if DRUG_CLASSES[sc.drugs[s.name].drug_class].activates_immunity]
@@ -580,6 +582,8 @@ class Problem:
         if sc.treatment.lines:
             self._new_events += self.protocol.start(0.0, burden, fractions, regions)
             self._schedule(self.protocol.line.regimen, 0.0, self.protocol.index)
+            self._give(0.0)
+        self._report(0.0, burden, fractions)
         st.nadir = (burden, 0.0)
         self._last = (0.0, burden, fractions, None)
         if self.outputs:
@@ -618,8 +622,11 @@ class Problem:
                 switched = True
             if decision.stop:
                 st.stopped = decision.events[-1].reason
-        # after the assessment: a switch at t cancels the old line's doses at t
+        # after the assessment: a switch at t cancels the old line's doses at t, a pause or a
+        # new dose level applies to those at t
+        self._give(t1)
         self._log_doses(t1)
+        self._report(t1, burden, fractions)
         self._last = (dt, burden, fractions, assessed)
         # a dose starts or an infusion ends, or a new line starts: small steps again
         restart = switched or clock.at(t1, [next_event])
@@ -790,6 +797,41 @@ class Problem:
                 if ts <= self.scenario.time.end:
                     self.state.pending_doses.append((ts, dose.drug, k + 1))
         self.state.pending_doses.sort()
+
+    def _give(self, t):
+        """Give the doses starting at ``t``: at the protocol's factor (holiday, modulation),
+        within the drugs' limits; log each as a dose, a skip or a limit event."""
+        if not self.scenario.treatment.lines:
+            return
+        tol, st = self.clock.tol, self.state
+        for g in self.model.plasma.give(t + tol, self.protocol.dose_factor):
+            k = next((i for i, d in enumerate(st.pending_doses)
+                      if d[1] == g.drug and abs(d[0] - g.start) <= tol), None)
+            cycle = st.pending_doses.pop(k)[2] if k is not None else None
+            data = {"drug": g.drug, "cycle": cycle, "planned_uM": g.planned, "given_uM": g.given,
+                    "factor": g.factor}
+            what = f"{g.drug}, cycle {cycle}"
+            if g.limits:
+                policy = self.scenario.treatment.limits[g.drug].policy
+                self._new_events.append(Event(g.start, "limit", f"{what}: {', '.join(g.limits)} limit "
+                                              f"reached, {'skipped' if g.given == 0 else 'reduced'} "
+                                              f"({policy})", {**data, "limits": list(g.limits)}))
+            if g.given > 0:
+                scale = g.given / g.planned if g.planned > 0 else 1.0
+                self._new_events.append(Event(g.start, "dose", what + (f" at {scale:.4g} × its amount"
+                                                                        if scale != 1.0 else ""), data))
+            elif not g.limits:
+                self._new_events.append(Event(g.start, "skip", f"{what} not given: "
+                                              + ("treatment holiday" if self.protocol.on_holiday(g.drug)
+                                                 else "dose level below skip_below"), data))
+
+    def _report(self, t, burden, fractions):
+        """Keep the burden and the resistant fraction at a reporting time."""
+        times = self.scenario.treatment.report_times
+        if self.model.N is not None and times and self.clock.at(t, times):
+            cells = self._in_cells({"c": burden}).get("c")
+            self.state.reports.append({"time_hours": t, "burden": burden, "burden_cells": cells,
+                                       "resistant_fraction": self._resistant_fraction(fractions)})
 
     def _log_doses(self, t):
         tol = self.clock.tol
@@ -1061,7 +1103,8 @@ class Problem:
         if m.vessels is not None:
             cols += ["perfused_length_um", "perfused_fraction"]
         if self.scenario.treatment.lines:
-            cols += ["assessment", "nadir", "progression"]
+            cols += ["assessment", "nadir", "progression", "holiday"]
+            cols += [f"cumulative_dose_{s.name}" for s in m.drugs if not m.plasma[s.name].constant]
         return cols
 
     def _in_cells(self, burdens: dict) -> dict:
@@ -1097,6 +1140,10 @@ class Problem:
             row["assessment"] = int(assessed is not None)
             row["nadir"] = protocol.nadir if assessed is not None else ""
             row["progression"] = int(bool(assessed is not None and assessed.progression))
+            row["holiday"] = int(protocol.paused)
+            for s in m.drugs:
+                if not m.plasma[s.name].constant:
+                    row[f"cumulative_dose_{s.name}"] = m.plasma[s.name].given_until(t)
         return row
 
     def curve(self, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -1155,6 +1202,10 @@ class Problem:
                 "lines_used": self.protocol.index + 1,
                 "final_line": self.protocol.line.name,
             })
+            if m.N is not None and rows:
+                summary.update(self.protocol.metrics(st.t, float(burdens[-1]), m.plasma.cumulative(),
+                                                     {d: sc.drugs[d].pk.volume for d in sc.drugs}, evs))
+                summary["reports"] = list(st.reports)
         return summary
 
 

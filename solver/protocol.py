@@ -31,10 +31,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config.treatment import CellScale, Line, TreatmentSpec, detectable
+from .config.treatment import CellScale, HolidaySpec, Line, ModulationSpec, TreatmentSpec, detectable
 
 EventKind = Literal["line_start", "dose", "assessment", "progression", "switch", "sequencing",
-                    "cure", "stop"]
+                    "cure", "stop", "pause", "resume", "modulation", "skip", "limit"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,47 @@ def sequence(clone_fractions: dict[str, float], mechanisms: dict[str, str | None
     dominant = min(by_mechanism, key=lambda m: (-by_mechanism[m], m)) if by_mechanism else None
     return {"detection": float(detection), "fractions": fractions, "detected": detected,
             "mechanisms": by_mechanism, "dominant": dominant}
+
+
+# --------------------------------------------------------------------------------------------
+# Adaptive rules
+
+
+def holiday(paused: bool, burden: float, baseline: float, spec: HolidaySpec) -> bool:
+    """Whether the drugs are paused after a rule assessment of ``burden`` [µm^d]: a treated
+    tumour at or below ``pause_below`` × ``baseline`` pauses, a paused one at or above
+    ``resume_above`` × ``baseline`` resumes; otherwise nothing changes."""
+    if paused:
+        return not burden >= spec.resume_above * baseline
+    return burden <= spec.pause_below * baseline
+
+
+def modulate(level: float, burden: float, previous: float, spec: ModulationSpec) -> float:
+    """The dose level after a rule assessment: ``burden`` [µm^d] against the ``previous`` rule
+    assessment's; a rise of at least ``rise`` multiplies the level by ``rise_factor``, a fall of
+    at least ``fall`` by ``fall_factor``, each within [``min_level``, ``max_level``]. Written
+    without dividing by ``previous``, so that a zero previous burden (regrowth from nothing)
+    counts as a rise."""
+    if burden >= (1.0 + spec.rise) * previous and burden > previous:
+        level *= spec.rise_factor
+    elif burden <= (1.0 - spec.fall) * previous:
+        level *= spec.fall_factor
+    return min(max(level, spec.min_level), spec.max_level)
+
+
+def given_level(level: float, spec: ModulationSpec) -> float:
+    """The multiple of the regimen's doses given at dose ``level``: 0 below ``skip_below``."""
+    return 0.0 if level < spec.skip_below or level <= 0.0 else level
+
+
+def time_off(holidays: list[list[float]], end: float) -> float:
+    """Total time [hour] of the ``holidays`` ([start, end] each; end NaN while still paused,
+    counted to ``end``) up to ``end`` [hour]."""
+    total = 0.0
+    for a, b in holidays:
+        b = end if math.isnan(b) else min(b, end)
+        total += max(b - min(a, end), 0.0)
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +194,15 @@ class Protocol:
         self._next = math.inf
         self.events: list[Event] = []
         self.history: list[Record] = []
+        # the adaptive rules of the current line: paused (holiday), dose level (modulation),
+        # the holiday's baseline and the burden at the previous rule assessment [µm^d], the
+        # next rule assessment [hour]; and every holiday of the run, [start, end] [hour]
+        self.paused = False
+        self.level = 1.0
+        self.baseline = math.nan
+        self.rule_previous = math.nan
+        self._next_rule = math.inf
+        self.holidays: list[list[float]] = []
 
     # -- the time loop's interface ------------------------------------------------------------
     def start(self, t: float, burden: float, clone_fractions: dict[str, float] | None = None,
@@ -174,21 +224,59 @@ class Protocol:
         return events
 
     def next_assessment(self) -> float:
-        """Time of the next assessment [hour], a milestone for the time loop; inf when stopped."""
-        return math.inf if self.stopped else self._next
+        """Time of the next assessment [hour], of progression or of the line's adaptive rules,
+        a milestone for the time loop; inf when stopped."""
+        return math.inf if self.stopped else min(self._next, self._next_rule)
+
+    def dose_factor(self, drug: str) -> float:
+        """The multiple of its regimen's amount at which a dose of ``drug`` is given now: 0 on
+        holiday (for the drugs the holiday names) or below the modulation's ``skip_below``,
+        the dose level for the modulated drugs, else 1."""
+        adapt = None if self.line is None else self.line.adapt
+        if adapt is None:
+            return 1.0
+        m = adapt.modulation
+        if self.on_holiday(drug):
+            return 0.0
+        if m is not None and (m.drugs is None or drug in m.drugs):
+            return given_level(self.level, m)
+        return 1.0
+
+    def on_holiday(self, drug: str) -> bool:
+        """Whether ``drug`` is paused by the current line's holiday."""
+        h = None if self.line is None or self.line.adapt is None else self.line.adapt.holiday
+        return h is not None and self.paused and (h.drugs is None or drug in h.drugs)
 
     def assess(self, t: float, burden: float, resistant_fraction: float | None = None,
                clone_fractions: dict[str, float] | None = None,
                region_fractions: dict[str, dict[str, float]] | None = None) -> Decision:
         """Assess the tumour at time ``t`` [hour]: ``burden`` [µm^d], the fraction of it in
         resistant clones, and, for a next line with sequencing, the clone fractions of the whole
-        tumour and of each region. Decides cure, progression, switch or stop.
+        tumour and of each region. At a progression assessment decides cure, progression, switch
+        or stop; at a rule assessment of an adaptive line (the same time or its own), pause,
+        resume or modulate the doses. A line that switches or stops at t applies no rule.
         """
         if self.stopped or self.line is None:
             raise RuntimeError("assess() called on a protocol that has not started or has stopped")
+        near = 1e-9 * max(1.0, abs(t))
+        rule_due = self.line.adapt is not None and t >= self._next_rule - near
+        decision = None
+        if not rule_due or t >= self._next - near:
+            decision = self._assess(t, burden, resistant_fraction, clone_fractions, region_fractions)
+            if decision.stop or decision.new_line is not None:
+                return decision
+        if not rule_due:
+            return decision
+        events = self._adapt(t, burden)
+        self.events.extend(events)
+        return Decision((decision.events if decision else ()) + tuple(events), None, False)
+
+    def _assess(self, t, burden, resistant_fraction, clone_fractions, region_fractions) -> Decision:
+        """The progression assessment of :meth:`assess`."""
         spec, prog = self.spec, self.spec.progression
         nadir = self.nadir
-        threshold = max(nadir * (1.0 + prog.increase), nadir + self.min_increase)
+        ref = self.reference()
+        threshold = max(ref * (1.0 + prog.increase), ref + self.min_increase)
         seen = self.scale is None or detectable(burden, spec.detection_limit, self.scale)
         data = {"line": self.line.name, "burden": burden, "nadir": nadir, "threshold": threshold,
                 "detectable": seen}
@@ -218,7 +306,7 @@ class Protocol:
                 return self._decide(t, events, record, "cured", stop=True)
             return self._decide(t, events, record, "not detectable")
 
-        reasons = [] if self.exhausted else self._progression(burden, nadir, resistant_fraction)
+        reasons = [] if self.exhausted else self._progression(burden, ref, resistant_fraction)
         if not reasons:
             self.nadir = min(self.nadir, burden)
             return self._decide(t, events, record, "continue")
@@ -265,7 +353,10 @@ class Protocol:
         return {"index": self.index, "kept": kept, "line_start": self.line_start,
                 "nadir": self.nadir, "stopped": self.stopped, "exhausted": self.exhausted,
                 "cured": self.cured, "next": self._next, "events": [e.as_dict() for e in self.events],
-                "history": [dict(r.__dict__) for r in self.history]}
+                "history": [dict(r.__dict__) for r in self.history],
+                "start_record": getattr(self, "_start_record", 0), "paused": self.paused,
+                "level": self.level, "baseline": self.baseline, "rule_previous": self.rule_previous,
+                "next_rule": self._next_rule, "holidays": [list(h) for h in self.holidays]}
 
     def restore(self, state: dict) -> None:
         """Continue from a :meth:`state` of a protocol of the same treatment."""
@@ -281,6 +372,12 @@ class Protocol:
         self.cured = state.get("cured", False)
         self.events = [Event(e["time"], e["event"], e["reason"], e["data"]) for e in state["events"]]
         self.history = [Record(**r) for r in state["history"]]
+        self._start_record = state.get("start_record", 0)
+        self.paused, self.level = state.get("paused", False), state.get("level", 1.0)
+        self.baseline = state.get("baseline", math.nan)
+        self.rule_previous = state.get("rule_previous", math.nan)
+        self._next_rule = state.get("next_rule", math.inf)
+        self.holidays = [list(h) for h in state.get("holidays", [])]
 
     def timeseries(self) -> dict[str, list]:
         """The history as columns (time, line_index, line, burden, nadir, threshold,
@@ -289,15 +386,23 @@ class Protocol:
         return {n: [getattr(r, n) for r in self.history] for n in names}
 
     # -- internals --------------------------------------------------------------------------
+    def reference(self) -> float:
+        """The burden [µm^d] a rise is measured from: the nadir, or the line's starting burden
+        (``progression.reference``)."""
+        if self.spec.progression.reference == "baseline":
+            return self.history[self._start_record].burden
+        return self.nadir
+
     def _progression(self, burden: float, nadir: float, rf: float | None) -> list[tuple[str, str]]:
-        """The progression rules that fire, as (rule, reason) pairs."""
+        """The progression rules that fire, as (rule, reason) pairs; ``nadir`` is the reference."""
         prog = self.spec.progression
+        word = prog.reference
         out = []
         # written without dividing by the nadir, so a zero nadir (an eradicated tumour) works:
         # any regrowth above min_increase is then progression
         if burden > nadir * (1.0 + prog.increase) and burden - nadir > self.min_increase:
-            out.append(("burden", f"burden {burden:.4g} above (1 + {prog.increase:.4g}) × nadir "
-                                  f"{nadir:.4g}" + (f" and nadir + {prog.min_increase}"
+            out.append(("burden", f"burden {burden:.4g} above (1 + {prog.increase:.4g}) × {word} "
+                                  f"{nadir:.4g}" + (f" and {word} + {prog.min_increase}"
                                                     if self.min_increase > 0 else "")))
         if prog.resistant_fraction is not None:
             if rf is None:
@@ -321,8 +426,102 @@ class Protocol:
         events.append(Event(t, kind, reason, {**extra, "line": index, "name": line.name,
                                               "regimen": [d.drug for d in line.regimen]}))
         threshold = max(burden * (1.0 + self.spec.progression.increase), burden + self.min_increase)
+        self._start_record = len(self.history)
         self.history.append(Record(t, index, line.name, burden, burden, threshold, None, "start"))
+        # the adaptive rules start afresh with each line
+        if self.paused:
+            self.holidays[-1][1] = t
+        self.paused, self.level, self.rule_previous = False, 1.0, burden
+        adapt = line.adapt
+        self.baseline = burden
+        if adapt is not None and adapt.baseline is not None:
+            if self.scale is None:
+                raise ValueError(f"treatment.lines.{index}.adapt.baseline: a declared baseline "
+                                 f"needs a CellScale to compare with burdens")
+            self.baseline = self.scale.in_cells(adapt.baseline) / self.scale.cells(1.0)
+        self._next_rule = math.inf if adapt is None else t + adapt.first
         return events
+
+    def _adapt(self, t: float, burden: float) -> list[Event]:
+        """A rule assessment of the current line at ``t``: its events (pause, resume,
+        modulation), and the next rule assessment."""
+        adapt, name = self.line.adapt, self.line.name
+        events = []
+        data = {"line": name, "burden": burden}
+        h = adapt.holiday
+        if h is not None:
+            paused = holiday(self.paused, burden, self.baseline, h)
+            drugs = ", ".join(h.drugs or sorted({d.drug for d in self.line.regimen}))
+            hdata = {**data, "baseline": self.baseline, "drugs": drugs,
+                     "ratio": burden / self.baseline if self.baseline > 0 else math.inf}
+            if paused and not self.paused:
+                self.holidays.append([t, math.nan])
+                events.append(Event(t, "pause", f"burden {burden:.4g} <= {h.pause_below:g} × "
+                                    f"baseline {self.baseline:.4g}: {drugs} paused on line {name}",
+                                    {**hdata, "threshold": h.pause_below * self.baseline}))
+            elif self.paused and not paused:
+                self.holidays[-1][1] = t
+                events.append(Event(t, "resume", f"burden {burden:.4g} >= {h.resume_above:g} × "
+                                    f"baseline {self.baseline:.4g}: {drugs} resumed on line {name}",
+                                    {**hdata, "threshold": h.resume_above * self.baseline}))
+            self.paused = paused
+        m = adapt.modulation
+        if m is not None:
+            level = modulate(self.level, burden, self.rule_previous, m)
+            if level != self.level:
+                change = burden / self.rule_previous - 1.0 if self.rule_previous > 0 else math.inf
+                skipped = given_level(level, m) == 0.0
+                events.append(Event(t, "modulation", f"burden {change:+.1%} since the previous rule "
+                                    f"assessment: dose level {self.level:.4g} -> {level:.4g} on line "
+                                    f"{name}" + ("; below skip_below, doses skipped" if skipped else ""),
+                                    {**data, "previous": self.rule_previous, "from": self.level,
+                                     "to": level, "skipped": skipped}))
+            self.level = level
+        self.rule_previous = burden
+        first = self.line_start + adapt.first
+        k = max(0, math.floor((t - first) / adapt.every + 1e-9) + 1)
+        self._next_rule = first + k * adapt.every
+        return events
+
+    def off_drug(self, end: float) -> float:
+        """Time [hour] on holiday up to ``end`` [hour]."""
+        return time_off(self.holidays, end)
+
+    def metrics(self, end: float, final_burden: float, doses: dict[str, tuple[float, float]],
+                volumes: dict[str, float], events: list[Event] | None = None) -> dict:
+        """The clinical metrics of a run that reached ``end`` [hour] with ``final_burden``
+        [µm^d]; ``doses`` maps each dosed drug to its (given, planned) total [µM] and
+        ``volumes`` to its central volume [L] (amounts [µmol] = µM × L); ``events``: the whole
+        event log (the doses and limits included), default the protocol's own.
+
+        Time to progression: the first progression; time to treatment failure: the first
+        progression or dose cut by a limit (None: neither happened, censored at the end);
+        relative dose: given over the planned amounts of the same doses (the continuous
+        schedule); off-drug fraction: time on holiday over the time since the first line
+        started; controlled: the final burden at or below the first line's starting burden."""
+        events = self.events if events is None else events
+        first = {kind: next((e.time for e in events if e.event == kind), None)
+                 for kind in ("progression", "limit")}
+        failures = [(t, k) for k, t in first.items() if t is not None]
+        t_fail, why = min(failures) if failures else (None, None)
+        start = self.history[0].time if self.history else 0.0
+        baseline = self.history[0].burden if self.history else math.nan
+        span = max(end - start, 0.0)
+        off = self.off_drug(end)
+        return {
+            "time_to_progression_hours": first["progression"],
+            "time_to_treatment_failure_hours": t_fail,
+            "treatment_failure": why,
+            "cumulative_dose_uM": {d: g for d, (g, _) in doses.items()},
+            "cumulative_dose_umol": {d: g * volumes[d] for d, (g, _) in doses.items()},
+            "relative_dose": {d: (g / p if p > 0 else None) for d, (g, p) in doses.items()},
+            "off_drug_hours": off,
+            "off_drug_fraction": off / span if span > 0 else 0.0,
+            "holidays": len(self.holidays),
+            "holiday_intervals_hours": [[a, end if math.isnan(b) else b] for a, b in self.holidays],
+            "baseline_burden": baseline,
+            "controlled": bool(final_burden <= baseline),
+        }
 
     def _sequenced(self, index: int, line: Line, t: float, clone_fractions, region_fractions):
         """The line with the regimen chosen by sequencing, and the 'sequencing' event."""

@@ -509,6 +509,13 @@ class Scenario(Spec, metaclass=_OneLineErrors):
 
     def _check_doses(self) -> None:
         # every dose of every line, so that a later line cannot fail mid-run
+        for name, limit in self.treatment.limits.items():
+            if limit.max_cumulative is not None:
+                key = f"treatment.limits.{name}.max_cumulative"
+                try:
+                    dose_concentration(limit.max_cumulative, self.drugs[name].pk, key)
+                except ScenarioError as exc:
+                    raise ValueError(at(key, str(exc).removeprefix(f"{key}: "))) from None
         for i, line in enumerate(self.treatment.lines):
             for k, dose in enumerate(line.regimen):
                 key = f"treatment.lines.{i}.regimen.{k}.amount"

@@ -139,13 +139,97 @@ class SequencingSpec(Spec):
                     + ", ".join(MECHANISMS))
 
 
+class HolidaySpec(Spec):
+    """Adaptive therapy's treatment holiday (Zhang et al. 2017): at a rule assessment, pause the
+    drugs when the burden is at or below ``pause_below`` × baseline, resume them when it is at
+    or above ``resume_above`` × baseline. A dose due while paused is not given."""
+
+    pause_below: Ratio = Field(0.5, description="pause when burden <= this × baseline (0.5 = 50 %)")
+    resume_above: Ratio = Field(1.0, description="resume when burden >= this × baseline")
+    drugs: list[Name] | None = Field(None, description="the drugs paused; None = every drug of the line")
+
+    @model_validator(mode="after")
+    def _hysteresis(self):
+        if not self.pause_below < self.resume_above:
+            raise ValueError(f"pause_below {self.pause_below:g} must be below resume_above "
+                             f"{self.resume_above:g}: a burden between them would pause and "
+                             f"resume at every assessment")
+        return self
+
+
+class ModulationSpec(Spec):
+    """Dose modulation (Enriquez-Navas et al. 2016; Gallaher et al. 2018): at a rule assessment
+    the relative change r = B / B_prev − 1 of the burden since the previous one sets the dose
+    level ℓ (a multiple of the regimen's doses, 1 at the line's start): r >= ``rise`` →
+    ℓ × ``rise_factor``; r <= −``fall`` → ℓ × ``fall_factor``; between, ℓ is unchanged. ℓ is
+    kept within [``min_level``, ``max_level``]; doses are given at ℓ × their amount, and not at
+    all while ℓ < ``skip_below``."""
+
+    rise: Ratio = Field(0.2, description="relative rise of the burden that raises the dose (0.2 = 20 %)")
+    rise_factor: Quantity("dimensionless", "dimensionless", ge=1, description="dose multiplier "
+                          "on a rise") = 1.5
+    fall: Quantity("dimensionless", "dimensionless", gt=0, lt=1, description="relative fall of "
+                   "the burden that lowers the dose") = 0.2
+    fall_factor: Quantity("dimensionless", "dimensionless", gt=0, le=1, description="dose "
+                          "multiplier on a fall") = 0.5
+    min_level: Ratio = Field(0.0, description="lowest dose level (× the regimen's dose)")
+    max_level: Quantity("dimensionless", "dimensionless", gt=0, description="highest dose level "
+                        "(× the regimen's dose)") = 2.0
+    skip_below: Ratio = Field(0.0, description="a dose level below this skips the dose")
+    drugs: list[Name] | None = Field(None, description="the drugs modulated; None = every drug of the line")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min_level > self.max_level:
+            raise ValueError(f"min_level {self.min_level:g} is above max_level {self.max_level:g}")
+        if not 1.0 >= self.min_level or not self.max_level >= 1.0:
+            raise ValueError(f"min_level {self.min_level:g} and max_level {self.max_level:g} must "
+                             f"hold the starting level 1")
+        if self.skip_below > 1.0:
+            raise ValueError(f"skip_below {self.skip_below:g} is above the starting level 1: no "
+                             f"dose would ever be given")
+        return self
+
+
+class AdaptSpec(Spec):
+    """Rules that adapt a line's doses to the tumour, judged at rule assessments: ``first``
+    after the line's start, then ``every`` [hour], a cadence of their own (the progression
+    assessments go on as before). The holiday's ``baseline`` is the burden at the line's start,
+    or a declared size."""
+
+    every: Weeks = Field("4 week", description="interval between rule assessments")
+    first: Weeks = Field("4 week", description="first rule assessment after the start of the "
+                                               "line; default: every")
+    baseline: Annotated[Size, BeforeValidator(_size), PlainSerializer(str),
+                        WithJsonSchema({"type": "string", "description": "a baseline burden: a "
+                                        "cell count ('100 cell') or a volume ('1e6 um**3')"})] | None = Field(None, description="the holiday's baseline: cells or a "
+                                        "volume; None = the burden at the line's start")
+    holiday: HolidaySpec | None = None
+    modulation: ModulationSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_defaults_to_every(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("first") is None:
+            data = {**data, "first": data.get("every", "4 week")}
+        return data
+
+    @model_validator(mode="after")
+    def _some_rule(self):
+        if self.holiday is None and self.modulation is None:
+            raise ValueError("declare a holiday, a modulation or both (or remove adapt)")
+        return self
+
+
 class Line(Spec):
     """One line of therapy: a regimen of doses (times from the start of the line, in hours),
-    optionally chosen by sequencing the tumour when the line starts."""
+    optionally chosen by sequencing the tumour when the line starts, optionally adapted to the
+    tumour by holiday and modulation rules."""
 
     name: Name
     regimen: list[Dose] = Field(default_factory=list)
     sequencing: SequencingSpec | None = None
+    adapt: AdaptSpec | None = None
 
 
 class AssessmentSpec(Spec):
@@ -167,13 +251,18 @@ class AssessmentSpec(Spec):
 class ProgressionSpec(Spec):
     """When a line has failed (RECIST-like), judged at an assessment.
 
-    Progression when B > (1 + increase)·nadir and B − nadir > min_increase, the nadir being the
-    smallest burden assessed since the line started, its starting burden included; or, when
+    Progression when B > (1 + increase)·R and B − R > min_increase, the reference R being the
+    nadir (the smallest burden assessed since the line started, its starting burden included)
+    or, with ``reference: baseline``, the burden at the line's start (the rule of adaptive
+    therapy, whose holidays let the burden regrow from its nadir on purpose); or, when
     ``resistant_fraction`` is set, when the resistant clones exceed that fraction of the tumour.
     Either needs a detectable burden.
     """
 
-    increase: Ratio = Field(0.2, description="relative rise above the nadir (0.2 = 20 %)")
+    reference: Literal["nadir", "baseline"] = Field("nadir", description="burden the rise is "
+                                                    "measured from: the nadir, or the line's "
+                                                    "starting burden")
+    increase: Ratio = Field(0.2, description="relative rise above the reference (0.2 = 20 %)")
     min_increase: TumourSize = Field("0 cell", description="absolute rise above the nadir that "
                                      "must also be exceeded: cells or a volume")
     resistant_fraction: Fraction | None = Field(None, description="progression also when the "
@@ -190,10 +279,44 @@ class StopSpec(Spec):
                                                         "else continue the last line")
 
 
+class LimitSpec(Spec):
+    """Toxicity and dose limits of one drug, checked when each dose is given, from the exact
+    plasma curve of the doses given so far: the cumulative dose over the run, the plasma peak
+    over the dose's delivery, and the plasma AUC over the cycle the dose starts
+    (``auc_window`` from the dose, default its cycle period ``every``). A dose that would exceed
+    a limit is reduced to the largest that meets every limit (``policy: reduce``) or not given
+    (``skip``); either is an event."""
+
+    max_cumulative: float | str | None = Field(None, description="largest total dose over the "
+                                               "run, as a dose amount ('500 mg', '100 umol', "
+                                               "'60 uM'): always with a unit")
+    max_peak: Quantity("uM", "uM", gt=0, description="largest plasma concentration") | None = None
+    max_auc: Quantity("uM*hour", "uM*hour", gt=0, description="largest plasma AUC over one "
+                      "cycle") | None = None
+    auc_window: Quantity("hour", "hour", gt=0, description="the cycle of max_auc; default: "
+                         "the dose's every") | None = None
+    policy: Literal["reduce", "skip"] = Field("reduce", description="a dose over a limit is "
+                                              "reduced to it, or skipped")
+
+    @model_validator(mode="after")
+    def _some_limit(self):
+        if self.max_cumulative is None and self.max_peak is None and self.max_auc is None:
+            raise ValueError("declare max_cumulative, max_peak or max_auc (or remove the entry)")
+        if self.auc_window is not None and self.max_auc is None:
+            raise ValueError("auc_window is the window of max_auc, which is not set")
+        return self
+
+
 class TreatmentSpec(Spec):
-    """Ordered lines of therapy, when they are assessed, and when they have failed."""
+    """Ordered lines of therapy, when they are assessed, when they have failed, the drugs'
+    limits and the times at which the outcome is reported."""
 
     lines: list[Line] = Field(default_factory=list)
+    limits: dict[Name, LimitSpec] = Field(default_factory=dict, description="drug -> its "
+                                          "toxicity and dose limits")
+    report_times: list[Quantity("hour", "day", ge=0, description="time")] = Field(
+        default_factory=list, description="times at which summary.json reports the burden and "
+                                          "the resistant fraction")
     assessment: AssessmentSpec = AssessmentSpec()
     detection_limit: TumourSize = Field(DETECTION_LIMIT, description="a burden below this at an "
                                         "assessment is not detectable: no progression is called, "
@@ -228,6 +351,20 @@ def check_references(treatment: TreatmentSpec, drugs: set[str], clones: dict[str
     ValueError marked with the key path (``treatment.lines.<i>...``) and what would be valid.
     """
     drugs = set(drugs)
+    for name in treatment.limits:
+        if name not in drugs:
+            raise ValueError(at(f"treatment.limits.{name}",
+                                f"unknown drug {name!r}; defined drugs: {_choices(drugs)}"))
+    for name, limit in treatment.limits.items():
+        if limit.max_auc is None or limit.auc_window is not None:
+            continue
+        for i, line in enumerate(treatment.lines):
+            for k, dose in enumerate(line.regimen):
+                if dose.drug == name and dose.every is None:
+                    raise ValueError(at(f"treatment.limits.{name}.auc_window",
+                                        f"dose treatment.lines.{i}.regimen.{k} of {name} has no "
+                                        f"cycle period (every) to take the AUC over; declare "
+                                        f"auc_window (e.g. '21 day')"))
     found = sorted({m for m in clones.values() if m is not None})
     for i, line in enumerate(treatment.lines):
         here = f"treatment.lines.{i}"
@@ -236,9 +373,17 @@ def check_references(treatment: TreatmentSpec, drugs: set[str], clones: dict[str
                 raise ValueError(at(f"{here}.regimen.{k}.drug",
                                     f"unknown drug {dose.drug!r}; defined drugs: {_choices(drugs)}"))
         seq = line.sequencing
+        dosed = {d.drug for d in line.regimen}
+        adapt = line.adapt
+        for rule in ("holiday", "modulation"):
+            spec = None if adapt is None else getattr(adapt, rule)
+            for n, name in enumerate(spec.drugs or [] if spec is not None else []):
+                if name not in dosed:
+                    raise ValueError(at(f"{here}.adapt.{rule}.drugs.{n}",
+                                        f"drug {name!r} has no dose in {here}.regimen; doses "
+                                        f"given for: {_choices(dosed)}"))
         if seq is None:
             continue
-        dosed = {d.drug for d in line.regimen}
         for mech, names in seq.choose.items():
             if mech not in MECHANISMS:
                 raise ValueError(at(f"{here}.sequencing.choose.{mech}",

@@ -2,9 +2,17 @@
 
 Each scenario (or each value of a swept key) is one run in ``DIR/<run>/``. With more MPI ranks
 than runs, the ranks split into sub-communicators that run concurrently; with fewer, each group
-runs several in turn. Rank 0 then writes ``comparison.csv`` (per run: time to first progression,
-nadir, final burden, final resistant fraction, lines used, wall time) and ``comparison.png``
-(the burden curves of all runs on one plot).
+runs several in turn. Rank 0 then writes ``comparison.csv`` (per run: time to first progression
+and to treatment failure, nadir, final burden and resistant fraction, cumulative dose absolute
+[µM of plasma] and relative to the continuous schedule, fraction of time off drug, holidays,
+whether the tumour was controlled, lines used, wall time; then the burden and resistant fraction
+at each of ``treatment.report_times``), prints it, and draws ``comparison.png`` (the burden
+curves of all runs on one plot) and ``burden_holidays.png`` (one panel per run, its treatment
+holidays shaded).
+
+A swept value may be a YAML mapping or list: the values are split at the commas outside
+brackets, so ``--sweep 'treatment.lines.0.adapt=null,{every: 1 week, holiday: {}}'`` is two
+arms.
 
 In Python, :func:`table` (``tme.compare``) compares scenarios, scenario files or finished runs
 (:class:`tme.results.Results`) and returns the comparison as a pandas DataFrame; without an
@@ -25,8 +33,10 @@ from .. import outputs
 from ..config.scenario import Scenario, apply_override, load, validate
 from ..config.spec import ScenarioError
 
-COLUMNS = ["run", "config", "overrides", "time_to_progression_days", "nadir", "nadir_day",
-           "final_burden", "final_resistant_fraction", "lines_used", "wall_time_seconds", "ranks"]
+COLUMNS = ["run", "config", "overrides", "time_to_progression_days",
+           "time_to_treatment_failure_days", "nadir", "nadir_day", "final_burden",
+           "final_resistant_fraction", "cumulative_dose_uM", "relative_dose", "off_drug_fraction",
+           "holidays", "controlled", "lines_used", "wall_time_seconds", "ranks"]
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,27 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
     if "=" not in text:
         raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
     key, values = text.split("=", 1)
-    vals = [v.strip() for v in values.split(",") if v.strip()]
+    vals = [v.strip() for v in _split_top(values) if v.strip()]
     if not key.strip() or not vals:
         raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
     return key.strip(), vals
+
+
+def _split_top(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and braces."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
 
 
 def plan(configs: list, sweeps: list[str], overrides: list[str], labels=None) -> list[RunPlan]:
@@ -180,28 +207,30 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
     rows = []
     if comm.rank == 0:
         by_index = {i: (s, curve) for part in gathered for i, s, curve in part}
+        reports = []
         for i, r in enumerate(runs):
             s = by_index[i][0]
-            ttp = s.get("time_to_progression_hours")
-            rows.append({
-                "run": r.name, "config": "" if r.config is None else str(r.config),
-                "overrides": " ".join(r.overrides),
-                "time_to_progression_days": "" if ttp is None else ttp / 24.0,
-                "nadir": s.get("nadir_burden"), "nadir_day": (s.get("nadir_time_hours") or 0.0) / 24.0,
-                "final_burden": s.get("final_burden"),
-                "final_resistant_fraction": s.get("final_resistant_fraction"),
-                "lines_used": s.get("lines_used"), "wall_time_seconds": s.get("wall_time_seconds"),
-                "ranks": s.get("ranks"),
-            })
+            rows.append(row(r, s))
+            for rep in s.get("reports", []):
+                day = f"{rep['time_hours'] / 24.0:g}"
+                rows[-1][f"burden_day_{day}"] = rep["burden"]
+                rows[-1][f"resistant_fraction_day_{day}"] = rep["resistant_fraction"]
+                for k in (f"burden_day_{day}", f"resistant_fraction_day_{day}"):
+                    if k not in reports:
+                        reports.append(k)
     if comm.rank == 0 and out is not None:
         with open(out / "comparison.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=COLUMNS + reports, restval="")
             w.writeheader()
             w.writerows(rows)
         outputs.plot_series(out / "comparison.png", None, {r.name: by_index[i][1] for i, r in enumerate(runs)},
                             "tumour burden  ∫ N_tot dx", "burden per strategy", size=(8, 4.5))
+        plot_holidays(out / "burden_holidays.png",
+                      {r.name: (by_index[i][1], by_index[i][0]) for i, r in enumerate(runs)})
         (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
-        logger.info(f"compare: wrote {out / 'comparison.csv'} and {out / 'comparison.png'}")
+        logger.info(text_table(rows))
+        logger.info(f"compare: wrote {out / 'comparison.csv'}, {out / 'comparison.png'} and "
+                    f"{out / 'burden_holidays.png'}")
     return comm.bcast(rows, root=0)
 
 
@@ -289,3 +318,90 @@ def _agree(comm, failure: tuple[int, str] | None) -> None:
     failures = [f for f in comm.allgather(failure) if f is not None]
     if failures:
         raise ScenarioError(min(failures)[1])
+
+
+def _per_drug(values: dict | None):
+    """A per-drug metric as one cell: the number for one drug, 'a=1; b=2' for several."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        (v,) = values.values()
+        return "" if v is None else v
+    return "; ".join(f"{d}={'' if v is None else f'{v:.6g}'}" for d, v in values.items())
+
+
+def row(r: RunPlan, s: dict) -> dict:
+    """The comparison row of run ``r`` from its summary ``s`` (times in days)."""
+    ttp, ttf = s.get("time_to_progression_hours"), s.get("time_to_treatment_failure_hours")
+    return {
+        "run": r.name, "config": "" if r.config is None else str(r.config),
+        "overrides": " ".join(r.overrides),
+        "time_to_progression_days": "" if ttp is None else ttp / 24.0,
+        "time_to_treatment_failure_days": "" if ttf is None else ttf / 24.0,
+        "nadir": s.get("nadir_burden"), "nadir_day": (s.get("nadir_time_hours") or 0.0) / 24.0,
+        "final_burden": s.get("final_burden"),
+        "final_resistant_fraction": s.get("final_resistant_fraction"),
+        "cumulative_dose_uM": _per_drug(s.get("cumulative_dose_uM")),
+        "relative_dose": _per_drug(s.get("relative_dose")),
+        "off_drug_fraction": s.get("off_drug_fraction", ""),
+        "holidays": s.get("holidays", ""),
+        "controlled": "" if s.get("controlled") is None else int(s["controlled"]),
+        "lines_used": s.get("lines_used"), "wall_time_seconds": s.get("wall_time_seconds"),
+        "ranks": s.get("ranks"),
+    }
+
+
+#: The columns of the printed table: (column, heading, format)
+_SHOWN = [("time_to_progression_days", "TTP [day]", "{:.0f}"),
+          ("time_to_treatment_failure_days", "TTF [day]", "{:.0f}"),
+          ("cumulative_dose_uM", "dose [uM]", "{:.4g}"), ("relative_dose", "rel. dose", "{:.3f}"),
+          ("off_drug_fraction", "off drug", "{:.3f}"), ("holidays", "holidays", "{}"),
+          ("final_resistant_fraction", "resistant", "{:.3f}"), ("controlled", "controlled", "{}")]
+
+
+def text_table(rows: list[dict]) -> str:
+    """The metrics of every run as a text table (an empty time: no progression, '-')."""
+    def cell(v, fmt):
+        if v == "" or v is None:
+            return "-"
+        try:
+            return fmt.format(v)
+        except (ValueError, TypeError):
+            return str(v)
+    head = ["run"] + [h for _, h, _ in _SHOWN]
+    body = [[r["run"]] + [cell(r.get(k), f) for k, _, f in _SHOWN] for r in rows]
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    lines = ["  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths)))
+             for line in [head] + body]
+    return "\n".join(lines)
+
+
+def plot_holidays(path: Path, runs: dict) -> None:
+    """One panel per run: its burden [µm^d] against time [day], its treatment holidays shaded
+    and its first progression marked. ``runs`` maps a name to ((times [hour], burdens), summary)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = max(len(runs), 1)
+    fig, axes = plt.subplots(n, 1, figsize=(8, 1.9 * n + 0.6), dpi=110, sharex=True, squeeze=False)
+    for ax, (name, ((t, b), s)) in zip(axes[:, 0], runs.items()):
+        ax.plot(np.asarray(t) / 24.0, b, color="C0", lw=1.5)
+        for k, (a, e) in enumerate(s.get("holiday_intervals_hours", [])):
+            ax.axvspan(a / 24.0, e / 24.0, color="C2", alpha=0.25, lw=0,
+                       label="holiday" if k == 0 else None)
+        ttp = s.get("time_to_progression_hours")
+        if ttp is not None:
+            ax.axvline(ttp / 24.0, color="C3", ls="--", lw=1, label="progression")
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.set_ylabel("burden  ∫ N dx", fontsize=8)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("time [day]")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

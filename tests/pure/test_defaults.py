@@ -32,8 +32,9 @@ FULL = {
     "clones": {"clones": {"s": {"growth": "0.5 1/day"}, "r": {"growth": "0.4 1/day", "pgp_vmax": "5 uM/hour"}},
                "necrosis": {"rate": "0.1 1/hour", "threshold": "1 uM"}},
     "treatment": {"lines": [{"name": "first", "regimen": [{"drug": "dox", "amount": "5 uM"}],
-                             "sequencing": {"choose": {"pgp": ["dox"]}}}],
-                  "assessment": {}, "progression": {}, "stop": {}},
+                             "sequencing": {"choose": {"pgp": ["dox"]}},
+                             "adapt": {"holiday": {}}}],
+                  "assessment": {}, "progression": {}, "stop": {}, "limits": {"dox": {"max_peak": "10 uM"}}},
     "time": {"end": "10 day"},
     "numerics": {},
     "output": {"snapshots": {}, "checkpoint": {}},
@@ -51,7 +52,9 @@ MESHES = [
 
 #: the same with the optional subsections left out, so that their defaults are compared whole
 LEANER = dict(FULL, clones={"clones": FULL["clones"]["clones"]},
-              treatment={"lines": [{"name": "first"}]}, output={},
+              treatment={"lines": [{"name": "first"}, {"name": "second", "adapt": {"modulation": {}}}],
+                         "limits": {"dox": {"max_cumulative": "50 uM", "max_auc": "5 uM*hour",
+                                            "auc_window": "1 day"}}}, output={},
               tissue={"regions": {"tumour": {}}},
               drugs={"dox": {"class": "dna_damaging", "diffusivity": "16 um**2/s"}},
               survival_factor={}, oxygen={}, immune={})

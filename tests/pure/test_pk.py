@@ -254,3 +254,135 @@ def test_constant_model_and_invalid_pk():
         p.add_dose(0.0, 1.0)
     with pytest.raises(ScenarioError, match=r"^drugs\.dox\.pk\.half_life: must be > 0"):
         Plasma(PKSpec(half_life="0.0 hour"), "dox")
+
+
+# --------------------------------------------------------------------------------------------
+# Doses as given: the protocol's factor, toxicity and dose limits (closed forms)
+
+from tme.pk import Limits  # noqa: E402
+
+
+def give_all(p, limits=None, factor=1.0):
+    """Decide every planned dose in time order, as the time loop does at each dose start."""
+    given = []
+    while True:
+        t = min((d.start for d in p._inputs if not d.decided), default=None)
+        if t is None:
+            return given
+        given += p.give(t, factor, limits)
+
+
+def test_a_factor_scales_or_drops_the_doses_and_the_cumulative_dose_is_exact():
+    p = one_compartment()
+    p.add_dose(0.0, 4.0)
+    p.add_dose(5.0, 6.0, infusion=2.0)
+    assert [g.given for g in p.give(5.0, 0.5)] == [2.0, 3.0]
+    assert p.cumulative() == (5.0, 10.0)
+    ts = np.array([0.0, 1.0, 5.0, 6.0, 7.0, 12.0])
+    expected = bolus(2.0, 0.0, ts) + infusion(3.0, 5.0, 2.0, ts)
+    np.testing.assert_allclose([p.concentration(t) for t in ts], expected, rtol=1e-13)
+    assert p.given_until(6.0) == pytest.approx(2.0 + 1.5, rel=1e-15)  # the infusion pro rata
+    q = one_compartment()
+    q.add_dose(0.0, 4.0)
+    q.add_dose(3.0, 4.0)
+    q.give(0.0, 1.0)
+    q.give(3.0, 0.0)                                       # a dose not given: no event, no level
+    assert q.next_event(0.0) == math.inf and q.cumulative() == (4.0, 8.0)
+    assert q.concentration(4.0) == pytest.approx(4.0 * math.exp(-K * 4.0), rel=1e-14)
+
+
+def test_peak_limit_reduces_a_bolus_to_the_limit_closed_form():
+    p = one_compartment()
+    for k in range(4):
+        p.add_dose(k * HALF_LIFE, 5.0)
+    given = give_all(p, Limits(peak=8.0))
+    # C before dose k: half of the peak after dose k-1; 2.5 + 5 = 7.5 fits, 3.75 + 5 does not
+    assert [g.given for g in given[:2]] == [5.0, 5.0] and given[1].limits == ()
+    assert given[2].given == pytest.approx(8.0 - 3.75, rel=1e-14) and given[2].limits == ("peak",)
+    assert p.concentration(2 * HALF_LIFE) == pytest.approx(8.0, rel=1e-14)
+    assert given[3].given == pytest.approx(4.0, rel=1e-14)
+    skipped = one_compartment()
+    for k in range(3):
+        skipped.add_dose(k * HALF_LIFE, 5.0)
+    assert [g.given for g in give_all(skipped, Limits(peak=8.0, policy="skip"))] == [5.0, 5.0, 0.0]
+
+
+def test_peak_limit_on_an_infusion_closed_form():
+    p = one_compartment()
+    p.add_dose(0.0, 4.0)                                   # 4 µM at t = 0, then 6 µM over 2 h at t = 3
+    p.add_dose(3.0, 6.0, infusion=2.0)
+    given = give_all(p, Limits(peak=4.0))
+    c0, decay = 4.0 * math.exp(-K * 3.0), math.exp(-K * 2.0)
+    # one compartment: the peak of an infusion is at its end, c0 e^{-kT} + s (R/k)(1 - e^{-kT})
+    s = (4.0 - c0 * decay) / (3.0 / K * (1.0 - decay))
+    assert given[1].given == pytest.approx(6.0 * s, rel=1e-12)
+    assert p.peak(3.0, 5.0) == pytest.approx(4.0, rel=1e-12)
+
+
+def test_two_compartment_peak_is_the_exact_maximum():
+    pk = PKSpec(model="two_compartment", half_life="2.0 hour", k12="0.7 1/hour", k21="0.2 1/hour")
+    p = Plasma(pk, "pac")
+    p.add_dose(0.0, 5.0, infusion=1.0)
+    p.add_dose(6.0, 2.0, infusion=8.0)                     # a slow infusion over a falling level
+    for a, b in [(0.0, 1.0), (0.0, 20.0), (6.0, 14.0), (7.0, 9.0)]:
+        ts = np.linspace(a, b, 20001)
+        sampled = max(p.concentration(t) for t in ts)
+        assert sampled <= p.peak(a, b) * (1 + 1e-12)
+        assert p.peak(a, b) == pytest.approx(sampled, rel=1e-7)
+
+
+def test_auc_limit_per_cycle_closed_form_for_boluses_and_infusions():
+    W = 12.0
+    p = one_compartment()
+    for k in range(3):
+        p.add_dose(k * W, 5.0, every=W)
+    given = give_all(p, Limits(auc=21.0))
+    area = (1.0 - math.exp(-K * W)) / K                    # ∫_0^W e^{-kt} dt
+    carry = 0.0
+    for g in given:
+        s_max = (21.0 - carry * area) / (5.0 * area)       # the AUC of the cycle: carry-over + dose
+        assert g.given == pytest.approx(min(5.0, 5.0 * s_max), rel=1e-12)
+        c_start = carry + g.given
+        assert p.integral(g.start, g.start + W) == pytest.approx(min(21.0, c_start * area), rel=1e-12)
+        carry = c_start * math.exp(-K * W)
+    assert given[0].limits == () and given[1].limits == ("auc",)
+    q = one_compartment()
+    q.add_dose(0.0, 30.0, infusion=3.0, every=W)
+    (g,) = give_all(q, Limits(auc=50.0))
+    # ∫_0^W of the infusion, by quadrature of its closed form
+    full = quad(lambda t: float(infusion(30.0, 0.0, 3.0, np.array([t]))[0]), 0.0, W, points=[3.0],
+                epsabs=1e-13, epsrel=1e-13)[0]
+    assert g.given == pytest.approx(30.0 * 50.0 / full, rel=1e-9)
+    assert q.integral(0.0, W) == pytest.approx(50.0, rel=1e-12)
+
+
+def test_cumulative_limit_reduce_and_skip():
+    for policy, expected in [("reduce", [5.0, 5.0, 2.0, 0.0]), ("skip", [5.0, 5.0, 0.0, 0.0])]:
+        p = one_compartment()
+        for k in range(4):
+            p.add_dose(k * 24.0, 5.0)
+        given = give_all(p, Limits(cumulative=12.0, policy=policy))
+        assert [g.given for g in given] == pytest.approx(expected, abs=1e-14)
+        assert [bool(g.limits) for g in given] == [False, False, True, True]
+        assert p.cumulative()[0] == pytest.approx(sum(expected), rel=1e-15)
+
+
+def test_limits_reached_mid_cycle_cut_only_the_doses_after():
+    p = one_compartment()
+    p.add_dose(0.0, 4.0, infusion=10.0)                    # a long infusion running
+    p.add_dose(4.0, 4.0)                                   # a bolus during it: mid-cycle
+    given = give_all(p, Limits(cumulative=6.0))
+    assert [g.given for g in given] == pytest.approx([4.0, 2.0])
+    assert p.cumulative() == pytest.approx((6.0, 8.0))
+
+
+def test_plasma_state_carries_the_decisions():
+    p = one_compartment()
+    for k in range(3):
+        p.add_dose(k * 5.0, 5.0)
+    p.give(0.0, 0.5)
+    q = one_compartment()
+    q.restore(p.state())
+    assert q.cumulative() == p.cumulative()
+    assert [g.given for g in q.give(20.0, 0.0)] == [0.0, 0.0]   # what was decided stays decided
+    assert q.concentration(12.0) == pytest.approx(2.5 * math.exp(-K * 12.0), rel=1e-14)

@@ -418,3 +418,220 @@ def test_a_clone_mechanism_missing_from_choose_is_an_error_only_when_a_clone_has
     check_references(spec, DRUGS, {"sensitive": None, "mdr": "pgp"})
     with pytest.raises(ValueError, match="no drug for mechanism 'caf_shield'"):
         check_references(spec, DRUGS, {"sensitive": None, "shielded": "caf_shield"})
+
+
+# --------------------------------------------------------------------------------------------
+# Adaptive rules: treatment holiday and dose modulation
+
+
+from tme.config.treatment import HolidaySpec, ModulationSpec  # noqa: E402
+from tme.protocol import given_level, holiday, modulate, time_off  # noqa: E402
+
+
+def adaptive(holiday_spec=None, modulation=None, every="4 week", progression=None, lines=1,
+             baseline=None, drugs=("drug1",)):
+    regimen = [{"drug": d, "amount": "5 uM", "every": "1 week", "cycles": 50} for d in drugs]
+    adapt = {"every": every}
+    if holiday_spec is not None:
+        adapt["holiday"] = holiday_spec
+    if modulation is not None:
+        adapt["modulation"] = modulation
+    if baseline is not None:
+        adapt["baseline"] = baseline
+    spec = [{"name": f"line{i + 1}", "regimen": regimen, "adapt": adapt} for i in range(lines)]
+    return TreatmentSpec.model_validate({"lines": spec, "assessment": {"every": "6 week"},
+                                         "progression": {"reference": "baseline"} if progression is None
+                                         else progression})
+
+
+def rules(protocol, burdens):
+    """Feed ``burdens`` at the protocol's own assessment times; (time, decision) of each."""
+    out = []
+    for b in burdens:
+        t = protocol.next_assessment()
+        out.append((t, protocol.assess(t, b)))
+        if out[-1][1].stop:
+            break
+    return out
+
+
+def test_holiday_pauses_and_resumes_exactly_at_the_thresholds():
+    h = HolidaySpec(pause_below=0.5, resume_above=1.0)
+    assert holiday(False, 50.0, 100.0, h) is True          # at 50 % exactly: paused
+    assert holiday(False, 50.0000001, 100.0, h) is False
+    assert holiday(True, 100.0, 100.0, h) is False         # at 100 % exactly: resumed
+    assert holiday(True, 99.9999999, 100.0, h) is True
+    assert holiday(True, 20.0, 100.0, h) is True           # paused stays paused below
+    with pytest.raises(ValidationError, match="pause_below 1.2 must be below resume_above 1"):
+        HolidaySpec(pause_below=1.2)
+
+
+def test_holiday_on_a_burden_series_with_its_own_cadence():
+    p = Protocol(adaptive({"pause_below": 0.5, "resume_above": 1.0}, every="4 week"))
+    p.start(0.0, 100.0)
+    assert p.next_assessment() == 4 * WEEK                 # rules every 4 weeks, progression at 6
+    assert p.dose_factor("drug1") == 1.0
+    out = rules(p, [70.0, 50.0, 40.0, 80.0])
+    assert p.dose_factor("drug1") == 0.0
+    out += rules(p, [100.0])
+    assert [t for t, _ in out] == [4 * WEEK, 6 * WEEK, 8 * WEEK, 12 * WEEK, 16 * WEEK]
+    ev = [kinds(d) for _, d in out]
+    assert ev[0] == []                                     # rule assessment: nothing changes
+    assert ev[1] == ["assessment"]                         # progression only: 50 % does not pause
+    assert ev[2] == ["pause"]                              # rule: 40 <= 50, paused at week 8
+    assert ev[3] == ["assessment"]                         # both due: 80 < 100, still paused
+    assert ev[4] == ["resume"] and p.dose_factor("drug1") == 1.0
+    assert p.holidays == [[8 * WEEK, 16 * WEEK]]
+
+
+def test_never_reaching_the_pause_threshold_never_pauses():
+    p = Protocol(adaptive({"pause_below": 0.5}, every="1 week"))
+    p.start(0.0, 100.0)
+    for t, d in rules(p, [90.0, 70.0, 51.0, 60.0, 55.0, 50.5, 80.0]):
+        assert "pause" not in kinds(d)
+        assert p.dose_factor("drug1") == 1.0
+    assert p.holidays == [] and p.off_drug(100 * WEEK) == 0.0
+
+
+def test_oscillation_pauses_and_resumes_at_consecutive_assessments():
+    p = Protocol(adaptive({"pause_below": 0.5, "resume_above": 1.0}, every="1 week"))
+    p.start(0.0, 100.0)
+    series = [50.0, 100.0, 50.0, 100.0]
+    got = [[k for k in kinds(d) if k in ("pause", "resume")] for _, d in rules(p, series)]
+    assert got == [["pause"], ["resume"], ["pause"], ["resume"]]
+    assert p.holidays == [[1 * WEEK, 2 * WEEK], [3 * WEEK, 4 * WEEK]]
+    assert p.off_drug(10 * WEEK) == pytest.approx(2 * WEEK)
+    assert time_off([[1.0, math.nan]], 5.0) == 4.0         # an open holiday counts to the end
+
+
+def test_holiday_of_named_drugs_keeps_the_others():
+    p = Protocol(adaptive({"drugs": ["drug2"]}, every="1 week", drugs=("drug1", "drug2")))
+    p.start(0.0, 100.0)
+    rules(p, [40.0])
+    assert p.paused
+    assert p.dose_factor("drug2") == 0.0 and p.dose_factor("drug1") == 1.0
+
+
+def test_declared_baseline_is_a_size():
+    p = Protocol(adaptive({"pause_below": 0.5}, every="1 week", baseline="200 cell"), scale=CELLS)
+    p.start(0.0, 100.0)
+    assert p.baseline == 200.0
+    rules(p, [100.0])                                      # 100 <= 0.5 × 200: paused
+    assert p.paused
+
+
+def test_modulation_steps_bounds_and_skip_floor():
+    m = ModulationSpec(rise=0.2, rise_factor=1.5, fall=0.2, fall_factor=0.5, min_level=0.125,
+                       max_level=2.0, skip_below=0.3)
+    assert modulate(1.0, 120.0, 100.0, m) == 1.5           # +20 % exactly: up
+    assert modulate(1.0, 119.9, 100.0, m) == 1.0           # between: unchanged
+    assert modulate(1.0, 80.0, 100.0, m) == 0.5            # -20 % exactly: down
+    assert modulate(1.0, 80.1, 100.0, m) == 1.0
+    assert modulate(1.5, 200.0, 100.0, m) == 2.0           # capped at max_level
+    assert modulate(0.25, 10.0, 100.0, m) == 0.125         # floored at min_level
+    assert modulate(1.0, 1.0, 0.0, m) == 1.5               # regrowth from nothing is a rise
+    assert given_level(0.25, m) == 0.0 and given_level(0.3, m) == 0.3  # skipped below the floor
+    for bad, msg in [({"min_level": 1.5}, "must hold the starting level 1"),
+                     ({"skip_below": 1.5}, "skip_below 1.5 is above the starting level"),
+                     ({"fall": 1.0}, "fall")]:
+        with pytest.raises(ValidationError, match=msg):
+            ModulationSpec(**bad)
+
+
+def test_modulation_on_a_burden_series():
+    spec = adaptive(modulation={"min_level": 0.25, "skip_below": 0.5}, every="1 week",
+                    progression={"reference": "baseline", "increase": 10})
+    p = Protocol(spec)
+    p.start(0.0, 100.0)
+    levels = []
+    for b in [70.0, 50.0, 45.0, 60.0, 90.0, 200.0, 400.0]:
+        rules(p, [b])
+        levels.append((p.level, p.dose_factor("drug1")))
+    assert levels == [(0.5, 0.5), (0.25, 0.0), (0.25, 0.0), (0.375, 0.0), (0.5625, 0.5625),
+                      (0.84375, 0.84375), (1.265625, 1.265625)]
+    ev = [e for e in p.events if e.event == "modulation"]
+    assert len(ev) == 6 and ev[1].data["skipped"] and "doses skipped" in ev[1].reason
+
+
+def test_progression_while_on_holiday_switches_and_the_new_line_starts_treated():
+    p = Protocol(adaptive({"pause_below": 0.5}, every="2 week", lines=2))
+    p.start(0.0, 100.0)
+    rules(p, [40.0])                                       # week 2: paused
+    assert p.paused and p.dose_factor("drug1") == 0.0
+    (t, rule), = rules(p, [90.0])                          # week 4: still paused (90 < 100)
+    assert t == 4 * WEEK and p.paused
+    (t, d), = rules(p, [130.0])                            # week 6: both due; 130 > 1.2 × 100
+    assert t == 6 * WEEK and d.new_line is not None and d.new_line.name == "line2"
+    assert "resume" not in kinds(d)                        # the switching line applies no rule
+    assert not p.paused and p.level == 1.0 and p.dose_factor("drug1") == 1.0
+    assert p.holidays == [[2 * WEEK, 6 * WEEK]]            # closed by the switch
+    assert p.next_assessment() == 8 * WEEK                 # the new line's own rule clock
+
+
+def test_baseline_reference_lets_a_holiday_regrow_without_progression():
+    nadir_rule = Protocol(adaptive({"pause_below": 0.5}, every="6 week", progression={}))
+    base_rule = Protocol(adaptive({"pause_below": 0.5}, every="6 week"))
+    for p in (nadir_rule, base_rule):
+        p.start(0.0, 100.0)
+        rules(p, [50.0, 90.0])
+    assert any(e.event == "progression" for e in nadir_rule.events)   # 90 > 1.2 × nadir 50
+    assert not any(e.event == "progression" for e in base_rule.events)
+
+
+def test_adaptive_state_round_trips():
+    import json
+
+    p = Protocol(adaptive({"pause_below": 0.5}, modulation={}, every="1 week"))
+    p.start(0.0, 100.0)
+    rules(p, [40.0, 30.0])
+    q = Protocol(p.spec)
+    q.restore(json.loads(json.dumps(p.state())))
+    for b in [60.0, 110.0]:
+        (ta, da), = rules(p, [b])
+        (tb, db), = rules(q, [b])
+        assert (ta, kinds(da)) == (tb, kinds(db))
+    assert (q.paused, q.level, q.holidays) == (p.paused, p.level, p.holidays)
+
+
+def test_adapt_errors_name_the_key():
+    with pytest.raises(ValidationError, match="declare a holiday, a modulation or both"):
+        TreatmentSpec.model_validate({"lines": [{"name": "a", "adapt": {}}]})
+    spec = adaptive({"drugs": ["drug9"]})
+    with pytest.raises(ValueError, match=r"treatment.lines.0.adapt.holiday.drugs.0@ drug 'drug9' has no dose"):
+        check_references(spec, {"drug1", "drug9"}, {})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("treatment.lines.0.adapt.holiday.pause_below=1.5",
+     "treatment.lines.0.adapt.holiday: pause_below 1.5 must be below resume_above 1"),
+    ("treatment.lines.0.adapt.modulation={min_level: 2}",
+     "treatment.lines.0.adapt.modulation: min_level 2 and max_level 2 must hold the starting level 1"),
+    ("treatment.lines.0.adapt.holiday.drugs=[bar]",
+     "treatment.lines.0.adapt.holiday.drugs.0: drug 'bar' has no dose in treatment.lines.0.regimen"),
+    ("treatment.lines.0.adapt.baseline=5", "treatment.lines.0.adapt.baseline: a bare number is ambiguous"),
+    ("treatment.limits={therapy: {max_cumulative: 5}}",
+     "treatment.limits.therapy.max_cumulative: a bare number is ambiguous"),
+    ("treatment.limits={foo: {max_peak: 1 uM}}", "treatment.limits.foo: unknown drug 'foo'; defined drugs: therapy"),
+    ("treatment.limits={therapy: {policy: reduce}}",
+     "treatment.limits.therapy: declare max_cumulative, max_peak or max_auc"),
+    ("treatment.limits={therapy: {max_peak: 1 mg}}", "treatment.limits.therapy.max_peak"),
+])
+def test_bad_adaptive_keys_are_one_line_errors_naming_the_key(override, message):
+    from pathlib import Path
+
+    from tme.config import scenario
+    from tme.config.spec import ScenarioError
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "adaptive.yaml"
+    with pytest.raises(ScenarioError) as err:
+        scenario.load(config, [override])
+    text = str(err.value)
+    assert "\n" not in text and message in text, text
+
+
+def test_an_auc_limit_needs_a_cycle():
+    spec = TreatmentSpec.model_validate({"lines": [{"name": "a", "regimen": [{"drug": "d", "amount": "1 uM"}]}],
+                                         "limits": {"d": {"max_auc": "5 uM*hour"}}})
+    with pytest.raises(ValueError, match=r"treatment.limits.d.auc_window@ dose treatment.lines.0.regimen.0 "
+                                         r"of d has no cycle period"):
+        check_references(spec, {"d"}, {})
