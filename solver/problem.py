@@ -501,7 +501,7 @@ class Problem:
         self.events = EventLog(self.out, comm, pending=self._take_events)
         self.fields = FieldOutput(self.out, m.domain.mesh, self._fields(), self.field_times,
                                   before_write=self._update_fields, segment=st.segments,
-                                  info=self.provenance)
+                                  info=self.provenance, regions=m.domain.regions)
         self.snapshots = _Snapshots(self, self._snapshot_times())
         self.network = (NetworkOutput(self.out, m.vessels, self.field_times, comm)
                         if m.vessels is not None else None)

@@ -129,7 +129,8 @@ def prepare_directory(out: Path, comm, overwrite: bool, inputs=()) -> Path:
 
 
 #: Files and folders a run owns in its output directory (removed by --overwrite).
-RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields", "fields.h5", "timeseries.csv", "summary.json",
+RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields", "fields.h5", "regions.csv",
+             "timeseries.csv", "summary.json",
              "events.csv", "events.json", "plots", "snapshots", "checkpoint", "network.pvd", "network")
 
 

@@ -332,7 +332,10 @@ def _readable_frames(out: Path) -> list[float]:
             with h5py.File(out / path, "r") as h5:
                 data = h5[name][...]
             assert data.shape[0] == int(item.get("Dimensions").split()[0])
-        times.append(float(g.find("Time").get("Value")))
+        # the time in days for ParaView, and exactly in hours
+        hours = float(g.find("Information[@Name='time_hours']").get("Value"))
+        assert float(g.find("Time").get("Value")) == pytest.approx(hours / 24.0, rel=1e-15)
+        times.append(hours)
     return times
 
 
