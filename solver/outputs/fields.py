@@ -202,3 +202,39 @@ class FieldOutput:
                 texts.append("        " + ET.tostring(el, encoding="unicode").rstrip() + "\n")
             out = tuple(texts)
         return out
+
+
+# -- reading (rank 0; the pictures are drawn from these files) ---------------------------------
+def read_index(out: Path) -> list[dict]:
+    """The frames ``out/fields.xdmf`` lists, in order: per frame its time ``t`` [hour], its mesh
+    (``topology``, ``geometry``: (file, dataset) pairs, ``cell`` the XDMF topology type) and
+    ``fields``: name -> (file, dataset, centre 'Node' or 'Cell')."""
+    frames = []
+    for g in ET.parse(Path(out) / "fields.xdmf").getroot().findall("./Domain/Grid/Grid"):
+        item = lambda el: tuple(el.find("DataItem").text.strip().split(":", 1))  # noqa: E731
+        fields = {}
+        for a in g.findall("Attribute"):
+            if a.get("Center") in ("Node", "Cell"):
+                fields[a.get("Name")] = item(a) + (a.get("Center"),)
+        frames.append({"t": float(g.find("Information[@Name='time_hours']").get("Value")),
+                       "topology": item(g.find("Topology")), "geometry": item(g.find("Geometry")),
+                       "cell": g.find("Topology").get("TopologyType"), "fields": fields})
+    return frames
+
+
+def read_frame(out: Path, frame: dict, names) -> tuple:
+    """(cells, XDMF cell type, points (n, 3) [µm], {name: (values, centre)}) of one frame of
+    :func:`read_index`, for the fields ``names`` it holds."""
+    import h5py
+    import numpy as np
+
+    def read(ref):
+        with h5py.File(Path(out) / ref[0], "r") as h5:
+            return h5[ref[1]][...]
+
+    cells, x = read(frame["topology"]), read(frame["geometry"])
+    points = np.zeros((x.shape[0], 3))
+    points[:, : x.shape[1]] = x
+    data = {n: (read(frame["fields"][n]).ravel(), frame["fields"][n][2]) for n in names
+            if n in frame["fields"]}
+    return cells, frame["cell"], points, data
