@@ -267,9 +267,11 @@ _EVENT_STYLE = {"progression": ("tab:red", "--", "progression"),
                 "stop": ("0.3", ":", "treatment stopped")}
 
 
-def _mark_events(ax, events, label_lines: bool = True) -> None:
+def _mark_events(ax, events, label_lines: bool = True, legend: bool = True) -> None:
     """Doses as ticks along the top edge (one row per drug), assessments as open circles along
-    the bottom, progression, switches, cures and stops as labelled vertical lines."""
+    the bottom, progression, switches, cures and stops as vertical lines, each labelled beside
+    the line (``label_lines``; events at one time are labelled one above the other) and in the
+    legend (``legend``; doses always)."""
     events = list(events)
     drugs = list(dict.fromkeys(e.data.get("drug") for e in events if e.event == "dose"))
     top = ax.get_xaxis_transform()   # x in data (days), y in axes fraction
@@ -280,21 +282,22 @@ def _mark_events(ax, events, label_lines: bool = True) -> None:
     t = [e.time / 24.0 for e in events if e.event == "assessment"]
     if t:
         ax.plot(t, [0.02] * len(t), transform=top, ls="none", marker="o", ms=4, mfc="none",
-                color="0.35", label="assessment", clip_on=False, zorder=5)
-    shown = set()
-    for e in events:
-        if e.event not in _EVENT_STYLE:
-            continue
+                color="0.35", label="assessment" if legend else None, clip_on=False, zorder=5)
+    shown, at_time = set(), {}
+    order = {"switch": 0, "cure": 1, "stop": 2, "progression": 3}   # progression drawn on top
+    marked = sorted((e for e in events if e.event in _EVENT_STYLE
+                     and not (e.event == "stop" and e.reason == "end time")),
+                    key=lambda e: (e.time, order[e.event]))
+    for e in marked:
         colour, ls, label = _EVENT_STYLE[e.event]
-        if e.event == "stop" and e.reason == "end time":
-            continue
-        ax.axvline(e.time / 24.0, color=colour, ls=ls, lw=1.2,
-                   label=None if e.event in shown else label, zorder=4)
+        ax.axvline(e.time / 24.0, color=colour, ls=ls, lw=1.3, zorder=4 + order[e.event] / 10,
+                   label=label if legend and e.event not in shown else None)
         shown.add(e.event)
         if label_lines:
-            text = {"switch": f"→ {e.data.get('name', '')}", "progression": "progression"}.get(
-                e.event, label)
-            ax.text(e.time / 24.0, 0.5, f" {text}", transform=top, rotation=90, va="center",
+            k = at_time.get(e.time, 0)
+            at_time[e.time] = k + 1
+            text = {"switch": f"switch → {e.data.get('name', '')}"}.get(e.event, label)
+            ax.text(e.time / 24.0, 0.93 - 0.3 * k, f"{text} ", transform=top, rotation=90, va="top",
                     ha="right", fontsize=7.5, color=colour)
 
 
@@ -398,9 +401,11 @@ def species_plot(path: Path, t_hours, panels: list, title: str, events=()):
     for ax, (name, unit, tissue, plasma) in zip(axes[:, 0], panels):
         ax.plot(days, tissue, color="C0", lw=1.5, label="tissue mean", zorder=3)
         if plasma is not None:
-            ax.plot(days, plasma, color="C3", lw=1.1, ls="--", label="plasma", zorder=3)
+            ax.plot(days, plasma, color="C1", lw=1.1, label="plasma", zorder=3)
+        first = ax is axes[0, 0]
         _mark_events(ax, [e for e in events if e.event != "dose" or e.data.get("drug") == name],
-                     label_lines=False)
+                     label_lines=False, legend=first)
+        ax.set_xlim(days[0], days[-1] if days[-1] > days[0] else days[0] + 1.0)
         ax.set_ylabel(f"{name}\n[{unit}]", fontsize=9)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
         ax.set_ylim(bottom=0.0)

@@ -1,10 +1,12 @@
 """Compare treatment strategies: ``tme compare CONFIG... [--sweep key.path=v1,v2,...] --out DIR``.
 
-Each scenario (or each value of a swept key) is one run in ``DIR/<run>/``. With more MPI ranks
+Each scenario (or each value of a swept key) is one run in ``DIR/<run>/``, named by its
+scenario and the full ``key=value`` of each swept key (``default__drugs.dox.emax=0.1_1_per_hour``).
+With more MPI ranks
 than runs, the ranks split into sub-communicators that run concurrently; with fewer, each group
 runs several in turn. Rank 0 then writes ``comparison.csv`` (per run: time to first progression,
 nadir, final burden, final resistant fraction, lines used, wall time) and ``comparison.png``
-(the burden curves of all runs on one plot).
+(the burden curves of all runs on one log axis, in cells, with the detection limit).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def plan(configs: list[Path], sweeps: list[str], overrides: list[str]) -> list[R
     for config in configs:
         for combo in combos:
             scen = load(config, list(overrides) + list(combo))
-            label = scen.name + "".join("_" + _slug(o) for o in combo)
+            label = "__".join([scen.name] + [_slug(o) for o in combo])
             name, k = label, 2
             while name in names:
                 name, k = f"{label}_{k}", k + 1
@@ -64,8 +66,17 @@ def plan(configs: list[Path], sweeps: list[str], overrides: list[str]) -> list[R
 
 
 def _slug(override: str) -> str:
+    """``key.path=value`` as part of a run's name (and directory), e.g.
+    ``drugs.dox.emax=0.1_1_per_hour``: the whole key, so that no two swept keys read alike, and
+    the value with '_' for blanks and '_per_' for '/'."""
     key, value = override.split("=", 1)
-    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{key.split('.')[-1]}-{value}").strip("-")
+    value = re.sub(r"\s+", "_", value.strip()).replace("/", "_per_").replace("\\", "_")
+    return f"{key.strip()}={value}"
+
+
+def _legend(run: RunPlan) -> str:
+    """A run's label in the comparison plot: its scenario and each swept key=value on a line."""
+    return "\n".join([run.scenario.name] + [f"  {o}" for o in run.overrides])
 
 
 def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overwrite=False,
@@ -130,7 +141,7 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
                 if "signal" in summary:       # checkpointed: resumable with tme run --resume
                     stop = (summary["signal"], r.name)
                     break
-                done.append((i, summary, problem.curve("burden")))
+                done.append((i, summary, _burden_cells(problem)))
         gathered = comm.gather(done, root=0)
         _agree(comm, failure)
         _stopped(comm, stop, runs, {i for part in comm.allgather([i for i, _, _ in done]) for i in part}, out)
@@ -155,8 +166,12 @@ def compare(configs: list[Path], out: Path, comm, sweeps=(), overrides=(), overw
             w = csv.DictWriter(fh, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(rows)
-        outputs.plot_series(out / "comparison.png", None, {r.name: by_index[i][1] for i, r in enumerate(runs)},
-                            "tumour burden  ∫ N_tot dx", "burden per strategy", size=(8, 4.5))
+        curves = {_legend(r): by_index[i][1] for i, r in enumerate(runs)}
+        unit = "cells" if all(c[2] == "cells" for c in curves.values()) else "µm^d (∫ N_tot dx)"
+        limits = {c[3] for c in curves.values()}
+        outputs.plot_series(out / "comparison.png", None, {k: c[:2] for k, c in curves.items()},
+                            f"tumour burden [{unit}]", "tumour burden per run", logy=True,
+                            size=(10, 5), **_detection(limits, unit))
         (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
         logger.info(f"compare: wrote {out / 'comparison.csv'} and {out / 'comparison.png'}")
     return comm.bcast(rows, root=0)
@@ -189,6 +204,25 @@ def _stopped(comm, stop, runs, finished: set[int], out: Path) -> None:
         parts.append(f"not started: {', '.join(waiting)}")
     parts.append("no comparison written (it needs every run: run tme compare again with --overwrite)")
     raise Stopped(signum, "; ".join(parts))
+
+
+def _detection(limits: set, unit: str) -> dict:
+    """The plot's detection line: drawn when every run has the same limit."""
+    if len(limits) != 1 or None in limits:
+        return {}
+    (limit,) = limits
+    return {"detection": limit, "detection_label": f"detection limit ({limit:.3g} {unit})"}
+
+
+def _burden_cells(problem) -> tuple:
+    """(t [hour], burden, its unit, the detection limit in it or None) of a finished run: in
+    cells when the run counts cells, else as the amount ∫ N_tot dx [µm^d]."""
+    scale = problem.protocol.scale
+    t, burden = problem.curve("burden")
+    if scale is None:
+        return t, burden, "µm^d", None
+    return (t, burden * scale.cells(1.0), "cells",
+            scale.in_cells(problem.scenario.treatment.detection_limit))
 
 
 def _agree(comm, failure: tuple[int, str] | None) -> None:
