@@ -56,6 +56,7 @@ from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
 from .outputs.fields import FieldOutput
 from .outputs.network import NetworkOutput
+from .outputs import pictures
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
@@ -1140,8 +1141,8 @@ class _Snapshots:
         sc = p.scenario
         wanted = sc.snapshot_fields()
         names = [f.name for f in p._fields() if f.name in wanted] or sc.species_names()
-        outputs.snapshots(p.out, self.milestones, names, {n: outputs.field_unit(n, sc) for n in names},
-                          sc.output.snapshots.scale)
+        pictures.snapshots(p.out, self.milestones, names, {n: outputs.field_unit(n, sc) for n in names},
+                           sc.output.snapshots.scale)
 
 
 class _AtEnd:

@@ -211,6 +211,7 @@ def _detection(limits: set, unit: str) -> dict:
     if len(limits) != 1 or None in limits:
         return {}
     (limit,) = limits
+    unit = "cell" if unit == "cells" and limit == 1 else unit
     return {"detection": limit, "detection_label": f"detection limit ({limit:.3g} {unit})"}
 
 

@@ -9,6 +9,7 @@ import pytest
 from mpi4py import MPI
 
 from tme import outputs
+from tme.outputs import pictures
 from tme.config import scenario as sc
 from tme.outputs.fields import read_frame, read_index
 from tme.studies.compare import compare
@@ -90,10 +91,10 @@ def test_snapshots_share_one_colour_range_per_field(compared, monkeypatch):
     frames = read_index(run)
     names = ["paclitaxel", "total"]
     drawn = []
-    monkeypatch.setattr(outputs, "_render", lambda path, *a: drawn.append((path.name, a)))
+    monkeypatch.setattr(pictures, "_render", lambda path, *a: drawn.append((path.name, a)))
     units = {n: outputs.field_unit(n, sc.load(ROOT / "configs" / "second_line.yaml")) for n in names}
     assert units == {"paclitaxel": "µM", "total": "volume fraction"}
-    outputs.snapshots(run, [72.0, 1080.0], names, units, "fixed")
+    pictures.snapshots(run, [72.0, 1080.0], names, units, "fixed")
     assert [d[0] for d in drawn] == ["day_003.00.png", "day_045.00.png"]
     expected = {}
     for f in frames:
@@ -108,15 +109,16 @@ def test_snapshots_share_one_colour_range_per_field(compared, monkeypatch):
     day3 = read_frame(run, next(f for f in frames if f["t"] == 72.0), names)[3]
     assert day3["paclitaxel"][0].max() < 1e-6 * expected["paclitaxel"][1]
     drawn.clear()
-    outputs.snapshots(run, [72.0], names, units, "auto")
+    pictures.snapshots(run, [72.0], names, units, "auto")
     assert drawn[0][1][6] == {}   # each picture its own range
 
 
 def test_ticks_are_round_and_distinct():
     for lo, hi in ((0.0, 0.29), (5.30, 5.34), (21.6, 50.0), (1e-9, 3e-7)):
-        ticks, fmt = outputs._ticks(lo, hi)
+        ticks, fmt = pictures._ticks(lo, hi)
         labels = [fmt % v for v in ticks]
         assert len(ticks) >= 3 and len(set(labels)) == len(labels), (lo, hi, labels)
         assert all(lo - 1e-9 * (hi - lo) <= v <= hi + 1e-9 * (hi - lo) for v in ticks)
-    assert outputs._scale_bar(1000.0) == (200.0, "200 µm")
-    assert outputs._scale_bar(8000.0) == (1000.0, "1 mm")
+    assert pictures._scale_bar(1000.0) == (200.0, "200 µm")
+    assert pictures._scale_bar(498.9) == (100.0, "100 µm")
+    assert pictures._scale_bar(4000.0) == (1000.0, "1 mm")
