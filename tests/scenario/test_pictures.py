@@ -53,6 +53,7 @@ def compared(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.mpi
 def test_every_picture_opens_with_its_size_and_is_not_blank(compared):
     out = compared
     runs = sorted(p for p in out.iterdir() if p.is_dir())
@@ -84,6 +85,7 @@ def test_the_plots_show_the_events_of_the_run(compared):
 
 
 @pytest.mark.slow
+@pytest.mark.mpi
 def test_snapshots_share_one_colour_range_per_field(compared, monkeypatch):
     if MPI.COMM_WORLD.rank != 0:
         return
