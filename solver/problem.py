@@ -58,6 +58,7 @@ from .outputs.checkpoint import Checkpoint
 from .outputs.fields import FieldOutput
 from .outputs.memory import MemoryFields
 from .outputs.network import NetworkOutput
+from .outputs import pictures
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
@@ -541,7 +542,7 @@ class Problem:
         self.events = EventLog(self.out, comm, pending=self._take_events)
         self.fields = FieldOutput(self.out, m.domain.mesh, self._fields(), self.field_times,
                                   before_write=self._update_fields, segment=st.segments,
-                                  info=self.provenance)
+                                  info=self.provenance, regions=m.domain.regions)
         self.snapshots = _Snapshots(self, self._snapshot_times())
         self.network = (NetworkOutput(self.out, m.vessels, self.field_times, comm)
                         if m.vessels is not None else None)
@@ -1210,26 +1211,28 @@ class Problem:
 
 
 class _Snapshots:
-    """Off-screen pictures of the chosen fields at the snapshot times [hour]."""
+    """Pictures of the chosen fields at the snapshot times [hour], drawn when the run ends from
+    the field frames written at those times (one colour range per field over the whole run)."""
 
     def __init__(self, problem: Problem, times):
         self.problem = problem
-        self.milestones = tuple(times)
-        self._times = set(self.milestones)
+        self.milestones = tuple(times)   # field output times too: the frames exist
 
     def due(self, state) -> bool:
-        return state.t in self._times
+        return False
 
     def write(self, state, t: float) -> None:
-        p = self.problem
-        p._update_fields()
-        fields = p._fields()
-        wanted = p.scenario.snapshot_fields()
-        chosen = [f for f in fields if f.name in wanted] or [s.solver.c for s in p.model.species]
-        outputs.snapshot(p.out / "snapshots" / f"day_{t / 24:06.2f}.png", chosen, t, p.comm)
+        pass
 
     def close(self, state) -> None:
-        pass
+        p = self.problem
+        if p.summary is None or p.comm.rank != 0 or not self.milestones:
+            return
+        sc = p.scenario
+        wanted = sc.snapshot_fields()
+        names = [f.name for f in p._fields() if f.name in wanted] or sc.species_names()
+        pictures.snapshots(p.out, self.milestones, names, {n: outputs.field_unit(n, sc) for n in names},
+                           sc.output.snapshots.scale)
 
 
 class _AtEnd:
@@ -1261,21 +1264,27 @@ class _Plots(_AtEnd):
 
     def close(self, state) -> None:
         p = self.problem
+        m, sc = p.model, p.scenario
+        volume = p.comm.allreduce(float(m.mass.sum()))   # |Ω| [µm^d]: mean levels
         if p.summary is None or p.comm.rank != 0:
             return
-        m, sc = p.model, p.scenario
         rows, evs = p.series.rows, p.events.events
         tt = np.array([r["t"] for r in rows])
-        markers = [(e.time, e.event) for e in evs if e.event in ("switch", "progression")]
         if m.N is not None:
-            series = {c: np.array([r[f"clone_{c}"] for r in rows]) for c in m.clone_names}
-            series["burden"] = np.array([r["burden"] for r in rows])
-            outputs.plot_series(p.out / "plots" / "burden.png", tt, series,
-                                "amount  ∫ N dx  [µm^%d]" % m.domain.dim,
-                                f"{sc.name}: tumour burden per clone", markers=markers)
-        outputs.plot_series(p.out / "plots" / "species.png", tt,
-                            {s.name: np.array([r[f"total_{s.name}"] for r in rows]) for s in m.species},
-                            "amount in tissue  ∫ c dx", f"{sc.name}: transported species", markers=markers)
+            scale = p.protocol.scale
+            per = (lambda a: np.asarray(a, float) * scale.cells(1.0)) if scale else np.asarray
+            unit = "cells" if scale else "µm^%d (∫ N dx)" % m.domain.dim
+            detection = scale.in_cells(sc.treatment.detection_limit) if scale else None
+            outputs.burden_plot(p.out / "plots" / "burden.png", tt,
+                                {c: per([r[f"clone_{c}"] for r in rows]) for c in m.clone_names},
+                                per([r["burden"] for r in rows]), unit,
+                                f"{sc.name}: tumour burden per clone", events=evs, detection=detection)
+        panels = [(s.name, outputs.field_unit(s.name, sc),
+                   np.array([r[f"total_{s.name}"] for r in rows]) / volume,
+                   np.array([r[f"plasma_{s.name}"] for r in rows]) if s.kind == "drug" else None)
+                  for s in m.species]
+        outputs.species_plot(p.out / "plots" / "species.png", tt, panels,
+                             f"{sc.name}: transported species", events=evs)
 
 
 #: Scenario keys a resumed run may change (``--resume-with-changes``): they act from the next

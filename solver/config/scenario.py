@@ -411,6 +411,9 @@ class SnapshotSpec(Spec):
     fields: list[str] | None = Field(None, description="field names (see Scenario.field_names); "
                                      "default: 'total' with clones, else the transported species")
     times: list[Time] | None = Field(None, description="default: the end time; [] for none")
+    scale: Literal["fixed", "auto"] = Field(
+        "fixed", description="colour range of each field: 'fixed', one range over all output times "
+        "(pictures comparable across time); 'auto', each picture its own")
 
 
 class CheckpointSpec(Spec):

@@ -129,7 +129,8 @@ def prepare_directory(out: Path, comm, overwrite: bool, inputs=()) -> Path:
 
 
 #: Files and folders a run owns in its output directory (removed by --overwrite).
-RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields", "fields.h5", "timeseries.csv", "summary.json",
+RUN_FILES = ("config.resolved.yaml", "fields.xdmf", "fields", "fields.h5", "regions.csv",
+             "timeseries.csv", "summary.json",
              "events.csv", "events.json", "plots", "snapshots", "checkpoint", "network.pvd", "network")
 
 
@@ -232,31 +233,186 @@ def append_line(fd: int, line: str) -> None:
         raise
 
 
-def plot_series(path: Path, t_hours: np.ndarray | None, series: dict, ylabel: str, title: str,
-                markers: list[tuple[float, str]] = (), logy: bool = False, size=(7, 4)):
-    """A line plot of several series against time in days (rank 0 only).
+def field_unit(name: str, scenario) -> str:
+    """The unit of field ``name`` of ``scenario`` (see Scenario.field_names), as a plot shows it."""
+    drugs = set(scenario.drugs)
+    if name in drugs or name in ("factor", "oxygen"):
+        return "µM"
+    if name == "immune":
+        return "effector density"
+    if name.startswith("auc_") and name[4:] in drugs:
+        return "µM·h"
+    if name.startswith("time_above_ec50_") and name[16:] in drugs:
+        return "h"
+    if name == "resistant_fraction":
+        return "fraction of cells"
+    if name == "region":
+        return "tag"
+    return "volume fraction"   # the clones and 'total'
 
-    ``series`` maps a label to its values at ``t_hours`` [hour], or to a pair (times [hour],
-    values) when the series have times of their own (``t_hours`` None).
-    """
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+#: How each kind of protocol event is drawn: (colour, line style, label in the legend).
+_EVENT_STYLE = {"progression": ("tab:red", "--", "progression"),
+                "switch": ("tab:purple", "-", "switch of line"),
+                "cure": ("tab:green", "-.", "cure (not detectable)"),
+                "stop": ("0.3", ":", "treatment stopped")}
+
+
+def _mark_events(ax, events, label_lines: bool = True, legend: bool = True) -> None:
+    """Doses as ticks along the top edge (one row per drug), assessments as open circles along
+    the bottom, progression, switches, cures and stops as vertical lines, each labelled beside
+    the line (``label_lines``; events at one time are labelled one above the other) and in the
+    legend (``legend``; doses always)."""
+    events = list(events)
+    drugs = list(dict.fromkeys(e.data.get("drug") for e in events if e.event == "dose"))
+    top = ax.get_xaxis_transform()   # x in data (days), y in axes fraction
+    for k, drug in enumerate(drugs):
+        t = [e.time / 24.0 for e in events if e.event == "dose" and e.data.get("drug") == drug]
+        ax.plot(t, [0.985 - 0.035 * k] * len(t), transform=top, ls="none", marker="v", ms=5,
+                color=f"C{(k + 5) % 10}", label=f"dose: {drug}", clip_on=False, zorder=5)
+    t = [e.time / 24.0 for e in events if e.event == "assessment"]
+    if t:
+        ax.plot(t, [0.02] * len(t), transform=top, ls="none", marker="o", ms=4, mfc="none",
+                color="0.35", label="assessment" if legend else None, clip_on=False, zorder=5)
+    shown, at_time = set(), {}
+    order = {"switch": 0, "cure": 1, "stop": 2, "progression": 3}   # progression drawn on top
+    marked = sorted((e for e in events if e.event in _EVENT_STYLE
+                     and not (e.event == "stop" and e.reason == "end time")),
+                    key=lambda e: (e.time, order[e.event]))
+    for e in marked:
+        colour, ls, label = _EVENT_STYLE[e.event]
+        ax.axvline(e.time / 24.0, color=colour, ls=ls, lw=1.3, zorder=4 + order[e.event] / 10,
+                   label=label if legend and e.event not in shown else None)
+        shown.add(e.event)
+        if label_lines:
+            k = at_time.get(e.time, 0)
+            at_time[e.time] = k + 1
+            text = {"switch": f"switch → {e.data.get('name', '')}"}.get(e.event, label)
+            ax.text(e.time / 24.0, 0.93 - 0.3 * k, f"{text} ", transform=top, rotation=90, va="top",
+                    ha="right", fontsize=7.5, color=colour)
+
+
+def _finish(fig, ax, path: Path, legend_cols: int = 1) -> None:
+    ax.grid(alpha=0.3, which="major")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  ncols=legend_cols, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    fig.clf()
+    _pyplot().close(fig)
+
+
+def _log_floor(values) -> float | None:
+    """The bottom of a log axis that shows every positive value (down to 1e-40 of the top)."""
+    pos = np.concatenate([np.asarray(v, float)[np.asarray(v, float) > 0] for v in values] or [[]])
+    if not pos.size:
+        return None
+    return max(pos.min(), pos.max() * 1e-40) / 3.0
+
+
+def plot_series(path: Path, t_hours: np.ndarray | None, series: dict, ylabel: str, title: str,
+                events=(), logy: bool = False, size=(8, 4.5), detection: float | None = None,
+                detection_label: str = "detection limit"):
+    """A line plot of several series against time in days (rank 0 only).
+
+    ``series`` maps a label to its values at ``t_hours`` [hour], or to a pair (times [hour],
+    values) when the series have times of their own (``t_hours`` None); ``events`` (protocol
+    events) are marked and labelled; ``detection`` draws a dashed horizontal line at that value
+    (in the unit of ``ylabel``). On a log axis every positive value is shown, however small.
+    """
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=size, dpi=120)
+    plotted = []
     for name, y in series.items():
         t, y = y if t_hours is None else (t_hours, y)
-        ax.plot(np.asarray(t) / 24.0, y, label=name, lw=1.8 if name in ("total", "burden") else 1.2)
-    for t, label in markers:
-        ax.axvline(t / 24.0, color="0.6", lw=0.8, ls=":")
+        y = np.asarray(y, float)
+        plotted.append(y)
+        ax.plot(np.asarray(t) / 24.0, y, label=name, lw=1.5, zorder=3)
+    if detection is not None:
+        ax.axhline(detection, color="k", ls="--", lw=1.0, label=detection_label, zorder=2)
+        plotted.append(np.array([detection]))
+    if logy:
+        ax.set_yscale("log")
+        floor = _log_floor(plotted)
+        if floor is not None:
+            ax.set_ylim(bottom=floor)
+    _mark_events(ax, events)
     ax.set_xlabel("time [day]")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if logy:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(fig, ax, path)
+
+
+def burden_plot(path: Path, t_hours, clones: dict, total, unit: str, title: str, events=(),
+                detection: float | None = None):
+    """Tumour burden (``total``) and each clone's amount against time in days, on a log axis so
+    that an eradication and every minor clone stay visible; ``detection`` (same ``unit``) as a
+    dashed line; protocol ``events`` marked (rank 0 only). A clone that is zero throughout is
+    named in the legend, not drawn."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
+    days = np.asarray(t_hours, float) / 24.0
+    values = [np.asarray(total, float)]
+    for k, (name, y) in enumerate(clones.items()):
+        y = np.asarray(y, float)
+        if not np.any(y > 0):
+            ax.plot([], [], color=f"C{k}", lw=1.3, label=f"{name} (0 throughout)")
+            continue
+        values.append(y)
+        ax.plot(days, np.where(y > 0, y, np.nan), color=f"C{k}", lw=1.3, label=name, zorder=3)
+    ax.plot(days, np.where(values[0] > 0, values[0], np.nan), color="k", lw=2.4,
+            label="total burden", zorder=4)
+    if detection is not None and detection > 0:
+        ax.axhline(detection, color="k", ls="--", lw=1.0, zorder=2,
+                   label=f"detection limit ({detection:.3g} {'cell' if unit == 'cells' and detection == 1 else unit})")
+        values.append(np.array([detection]))
+    ax.set_yscale("log")
+    floor = _log_floor(values)
+    if floor is not None:
+        ax.set_ylim(bottom=floor, top=max(v.max() for v in values if v.size) * 4.0)
+    _mark_events(ax, events)
+    ax.set_xlim(days[0], days[-1] if days[-1] > days[0] else days[0] + 1.0)
+    ax.set_xlabel("time [day]")
+    ax.set_ylabel(f"tumour burden [{unit}]")
+    ax.set_title(title)
+    _finish(fig, ax, path)
+
+
+def species_plot(path: Path, t_hours, panels: list, title: str, events=()):
+    """One panel per transported species, each on its own axis with its unit: ``panels`` lists
+    (name, unit, mean level in the tissue, plasma level or None) against ``t_hours`` [hour];
+    doses and the other protocol ``events`` marked on every panel (rank 0 only)."""
+    plt = _pyplot()
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 1.9 + 1.6 * n), dpi=120, sharex=True, squeeze=False)
+    days = np.asarray(t_hours, float) / 24.0
+    for ax, (name, unit, tissue, plasma) in zip(axes[:, 0], panels):
+        ax.plot(days, tissue, color="C0", lw=1.5, label="tissue mean", zorder=3)
+        if plasma is not None:
+            ax.plot(days, plasma, color="C1", lw=1.1, label="plasma", zorder=3)
+        first = ax is axes[0, 0]
+        _mark_events(ax, [e for e in events if e.event != "dose" or e.data.get("drug") == name],
+                     label_lines=False, legend=first)
+        ax.set_xlim(days[0], days[-1] if days[-1] > days[0] else days[0] + 1.0)
+        ax.set_ylabel(f"{name}\n[{unit}]", fontsize=9)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useMathText=True)
+        ax.set_ylim(bottom=0.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    axes[-1, 0].set_xlabel("time [day]")
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -293,49 +449,3 @@ def _start_xvfb():
     os.close(read)
     os.environ["DISPLAY"] = f":{int(number)}"
     atexit.register(proc.terminate)
-
-
-def snapshot(path: Path, functions: list, t: float, comm):
-    """Off-screen pictures of P1 fields at time t, one panel per field (collective).
-
-    Each rank sends its owned part of the mesh and values to rank 0, which renders.
-    """
-    from dolfinx import plot
-
-    pieces = []
-    for f in functions:
-        V = f.function_space
-        cells, types, x = plot.vtk_mesh(V)
-        pieces.append((cells, types, x, f.x.array.real.copy(), f.name))
-    gathered = comm.gather(pieces, root=0)
-    if comm.rank != 0:
-        return
-    import pyvista
-
-    _start_xvfb()
-    pyvista.OFF_SCREEN = True
-    n = len(functions)
-    cols = min(n, 3)
-    rows = (n + cols - 1) // cols
-    pl = pyvista.Plotter(off_screen=True, shape=(rows, cols), window_size=(420 * cols, 380 * rows))
-    for i in range(n):
-        grids = []
-        for rank_pieces in gathered:
-            cells, types, x, values, name = rank_pieces[i]
-            g = pyvista.UnstructuredGrid(cells, types, x)
-            g.point_data[name] = values[: x.shape[0]]
-            grids.append(g)
-        grid = grids[0] if len(grids) == 1 else pyvista.merge(grids)
-        name = gathered[0][i][4]
-        pl.subplot(i // cols, i % cols)
-        pl.add_mesh(grid, scalars=name, cmap="viridis", show_edges=False,
-                    scalar_bar_args={"title": name, "vertical": False, "title_font_size": 12,
-                                     "label_font_size": 11, "n_labels": 3, "fmt": "%.2g"})
-        pl.add_text(f"{name}  t = {t / 24:.2f} d", font_size=9)
-        if np.allclose(grid.points[:, 2], 0.0):
-            pl.view_xy()
-        else:
-            pl.view_isometric()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pl.screenshot(str(path))
-    pl.close()

@@ -13,7 +13,15 @@ closed, complete files. The mesh is written once per segment of the run (``field
 a run resumed on another number of ranks writes its partition anew), each frame pointing to the
 mesh it was written on.
 
-Units: fields as in the model (µM, volume fractions, µM·hour, hour); times in hours.
+Times are in days (the index says so in an Information element, ``time_unit``); each frame
+also carries its exact time in hours (the model's unit) as an Information element
+``time_hours``, which a resumed run reads back. Regions: the integer tags of the ``region``
+field are named in ``regions.csv`` (``tag,name``) beside the index, and in ParaView as field
+data of every frame, one array ``region=<name>`` holding its tag (Information panel, or
+``GetFieldData()`` in a script), read from ``fields/regions.h5``.
+
+Units: fields as in the model (see :func:`tme.outputs.field_unit`: µM, volume fractions,
+µM·hour, hour).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from . import replace_text
 
 _HEAD = ('<?xml version="1.0"?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n'
          '<Xdmf Version="3.0">\n  <Domain>\n'
+         '    <Information Name="time_unit" Value="day" />\n'
          '    <Grid Name="fields" GridType="Collection" CollectionType="Temporal">\n')
 _TAIL = "    </Grid>\n  </Domain>\n</Xdmf>\n"
 
@@ -42,7 +51,7 @@ class FieldOutput:
     """
 
     def __init__(self, out: Path, mesh, functions: list, times, before_write=None, segment: int = 1,
-                 info: dict | None = None):
+                 info: dict | None = None, regions: dict[str, int] | None = None):
         self.out, self.mesh, self.functions = Path(out), mesh, functions
         self.comm = mesh.comm
         self.milestones = tuple(times)
@@ -53,6 +62,8 @@ class FieldOutput:
         self.frames: list[str] = []   # one <Grid> per output time, as XML text (rank 0)
         self.times: list[float] = []
         self._mesh_xml: tuple[str, str] | None = None
+        self.regions = dict(sorted((regions or {}).items(), key=lambda kv: kv[1]))
+        self._regions_xml: str | None = None
         # the run's provenance, as an XDMF Information element of the index (readers skip it)
         self._head = _HEAD if not info else _HEAD.replace(
             "  <Domain>\n", "  <Domain>\n    <Information Name=\"provenance\" Value="
@@ -83,7 +94,10 @@ class FieldOutput:
         for g in grids[:n]:
             ET.indent(g, space="  ", level=3)
             self.frames.append("      " + ET.tostring(g, encoding="unicode").rstrip() + "\n")
-            self.times.append(float(g.find("Time").get("Value")))
+            hours = g.find("Information[@Name='time_hours']")
+            if hours is None:
+                raise ValueError(f"{index}: an output time without its time_hours")
+            self.times.append(float(hours.get("Value")))
         replace_text(index, self._head + "".join(self.frames) + _TAIL)
         for f in self.dir.glob("frame_*.h5"):   # written after the checkpoint
             if int(f.stem.split("_")[1]) > n:
@@ -109,6 +123,7 @@ class FieldOutput:
         with hdf5_writes(self.comm, self.dir / f"{name}.h5"):
             if self._mesh_xml is None:
                 self._mesh_xml = self._write_mesh()
+
             level = dlog.get_log_level()
             # the frame's own file lists no mesh (the index points to the mesh file), which
             # DOLFINx would warn about on every rank
@@ -125,8 +140,11 @@ class FieldOutput:
             attrs = ET.parse(frame).getroot().findall(".//Attribute")
             frame.unlink()
             topo, geo = self._mesh_xml
+            if self._regions_xml is None:
+                self._regions_xml = self._write_regions()
             parts = [f'      <Grid Name="fields" GridType="Uniform">\n{topo}{geo}'
-                     f'        <Time Value="{t!r}" />\n']
+                     f'        <Time Value="{t / 24.0!r}" />\n'
+                     f'        <Information Name="time_hours" Value="{t!r}" />\n' + self._regions_xml]
             for a in attrs:
                 item = a.find("DataItem")
                 item.text = f"fields/{item.text.strip()}"
@@ -143,6 +161,26 @@ class FieldOutput:
         pass
 
     # -----------------------------------------------------------------------------------------
+    def _write_regions(self) -> str:
+        """``regions.csv`` and ``fields/regions.h5`` (once a segment, rank 0); the XML of the region names
+        as field data (one Grid-centred attribute per region, holding its tag) for every frame."""
+        if not self.regions:
+            return ""
+        import h5py
+
+        replace_text(self.out / "regions.csv",
+                     "tag,name\n" + "".join(f"{tag},{name}\n" for name, tag in self.regions.items()))
+        tmp = self.dir / "regions.h5.tmp"
+        with h5py.File(tmp, "w") as h5:
+            for name, tag in self.regions.items():
+                h5.create_dataset(f"region/{name}", data=[int(tag)], dtype="i4")
+        tmp.replace(self.dir / "regions.h5")
+        return "".join(
+            f'        <Attribute Name={quoteattr("region=" + name)} AttributeType="Scalar" Center="Grid">\n'
+            f'          <DataItem Dimensions="1" NumberType="Int" Format="HDF">'
+            f'fields/regions.h5:/region/{name}</DataItem>\n'
+            f'        </Attribute>\n' for name in self.regions)
+
     def _write_mesh(self) -> tuple[str, str]:
         """Write this segment's mesh; its Topology and Geometry XML for the index (rank 0)."""
         from dolfinx import io
@@ -164,3 +202,39 @@ class FieldOutput:
                 texts.append("        " + ET.tostring(el, encoding="unicode").rstrip() + "\n")
             out = tuple(texts)
         return out
+
+
+# -- reading (rank 0; the pictures are drawn from these files) ---------------------------------
+def read_index(out: Path) -> list[dict]:
+    """The frames ``out/fields.xdmf`` lists, in order: per frame its time ``t`` [hour], its mesh
+    (``topology``, ``geometry``: (file, dataset) pairs, ``cell`` the XDMF topology type) and
+    ``fields``: name -> (file, dataset, centre 'Node' or 'Cell')."""
+    frames = []
+    for g in ET.parse(Path(out) / "fields.xdmf").getroot().findall("./Domain/Grid/Grid"):
+        item = lambda el: tuple(el.find("DataItem").text.strip().split(":", 1))  # noqa: E731
+        fields = {}
+        for a in g.findall("Attribute"):
+            if a.get("Center") in ("Node", "Cell"):
+                fields[a.get("Name")] = item(a) + (a.get("Center"),)
+        frames.append({"t": float(g.find("Information[@Name='time_hours']").get("Value")),
+                       "topology": item(g.find("Topology")), "geometry": item(g.find("Geometry")),
+                       "cell": g.find("Topology").get("TopologyType"), "fields": fields})
+    return frames
+
+
+def read_frame(out: Path, frame: dict, names) -> tuple:
+    """(cells, XDMF cell type, points (n, 3) [µm], {name: (values, centre)}) of one frame of
+    :func:`read_index`, for the fields ``names`` it holds."""
+    import h5py
+    import numpy as np
+
+    def read(ref):
+        with h5py.File(Path(out) / ref[0], "r") as h5:
+            return h5[ref[1]][...]
+
+    cells, x = read(frame["topology"]), read(frame["geometry"])
+    points = np.zeros((x.shape[0], 3))
+    points[:, : x.shape[1]] = x
+    data = {n: (read(frame["fields"][n]).ravel(), frame["fields"][n][2]) for n in names
+            if n in frame["fields"]}
+    return cells, frame["cell"], points, data

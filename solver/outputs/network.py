@@ -5,7 +5,7 @@ ParaView opens ``network.pvd`` (File → Open) as one time series of VTK PolyDat
 generator made it a tumour vessel, and each species' mean plasma level in it [µM]; per node the
 pressure [mmHg]. Written by rank 0 (the network is the same on every rank); each frame is a
 complete file before the collection lists it (replaced atomically), so a killed run leaves a
-readable series. Times in hours.
+readable series. Times in days, as in ``fields.xdmf``, so that ParaView steps both together.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class NetworkOutput:
 
     def write(self, state, t: float) -> None:
         if self.comm.rank == 0:
-            self.series.write(t, self.coupling.flow.pressure, self.coupling.segment_data())
+            # in days, like the fields (t [hour] is exact in fields.xdmf's time_hours)
+            self.series.write(t / 24.0, self.coupling.flow.pressure, self.coupling.segment_data())
 
     def close(self, state) -> None:
         pass

@@ -1,13 +1,15 @@
 """Compare treatment strategies: ``tme compare CONFIG... [--sweep key.path=v1,v2,...] --out DIR``.
 
-Each scenario (or each value of a swept key) is one run in ``DIR/<run>/``. With more MPI ranks
+Each scenario (or each value of a swept key) is one run in ``DIR/<run>/``, named by its
+scenario and the full ``key=value`` of each swept key (``default__drugs.dox.emax=0.1_1_per_hour``).
+With more MPI ranks
 than runs, the ranks split into sub-communicators that run concurrently; with fewer, each group
 runs several in turn. Rank 0 then writes ``comparison.csv`` (per run: time to first progression
 and to treatment failure, nadir, final burden and resistant fraction, cumulative dose absolute
 [µM of plasma] and relative to the continuous schedule, fraction of time off drug, holidays,
 whether the tumour was controlled, lines used, wall time; then the burden and resistant fraction
 at each of ``treatment.report_times``), prints it, and draws ``comparison.png`` (the burden
-curves of all runs on one plot) and ``burden_holidays.png`` (one panel per run, its treatment
+curves of all runs on one log axis, in cells, with the detection limit) and ``burden_holidays.png`` (one panel per run, its treatment
 holidays shaded).
 
 A swept value may be a YAML mapping or list: the values are split at the commas outside
@@ -114,15 +116,24 @@ def plan(configs: list, sweeps: list[str], overrides: list[str], labels=None) ->
                     scen = validate(data, source=f"scenario {config.name!r}")
             else:
                 scen = load(config, items)
-            label = (given or scen.name) + "".join("_" + _slug(o) for o in combo)
+            label = "__".join([given or scen.name] + [_slug(o) for o in combo])
             runs.append(RunPlan(unique(label), None if isinstance(config, Scenario) else Path(config),
                                 tuple(combo), scen))
     return runs
 
 
 def _slug(override: str) -> str:
+    """``key.path=value`` as part of a run's name (and directory), e.g.
+    ``drugs.dox.emax=0.1_1_per_hour``: the whole key, so that no two swept keys read alike, and
+    the value with '_' for blanks and '_per_' for '/'."""
     key, value = override.split("=", 1)
-    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{key.split('.')[-1]}-{value}").strip("-")
+    value = re.sub(r"\s+", "_", value.strip()).replace("/", "_per_").replace("\\", "_")
+    return f"{key.strip()}={value}"
+
+
+def _legend(run: RunPlan) -> str:
+    """A run's label in the comparison plot: its scenario and each swept key=value on a line."""
+    return "\n".join([run.scenario.name] + [f"  {o}" for o in run.overrides])
 
 
 def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), overwrite=False,
@@ -173,7 +184,7 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
                 r = runs[i]
                 if r.results is not None:
                     ts = r.results.timeseries
-                    done.append((i, r.results.summary, (ts["t"].to_numpy(), ts["burden"].to_numpy())))
+                    done.append((i, r.results.summary, _results_curve(r.results)))
                     continue
                 # a signal noted between runs, on any rank of the group: start no more runs
                 noted = sub.allreduce(between.received or 0, op=MPI.MAX)
@@ -198,7 +209,7 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
                 if "signal" in summary:       # checkpointed (with an output directory): resumable
                     stop = (summary["signal"], r.name)
                     break
-                done.append((i, summary, problem.curve("burden")))
+                done.append((i, summary, _burden_cells(problem)))
         gathered = comm.gather(done, root=0)
         _agree(comm, failure)
         _stopped(comm, stop, runs, {i for part in comm.allgather([i for i, _, _ in done]) for i in part}, out)
@@ -223,8 +234,12 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
             w = csv.DictWriter(fh, fieldnames=COLUMNS + reports, restval="")
             w.writeheader()
             w.writerows(rows)
-        outputs.plot_series(out / "comparison.png", None, {r.name: by_index[i][1] for i, r in enumerate(runs)},
-                            "tumour burden  ∫ N_tot dx", "burden per strategy", size=(8, 4.5))
+        curves = {_legend(r): by_index[i][1] for i, r in enumerate(runs)}
+        unit = "cells" if all(c[2] == "cells" for c in curves.values()) else "µm^d (∫ N_tot dx)"
+        limits = {c[3] for c in curves.values()}
+        outputs.plot_series(out / "comparison.png", None, {k: c[:2] for k, c in curves.items()},
+                            f"tumour burden [{unit}]", "tumour burden per run", logy=True,
+                            size=(10, 5), **_detection(limits, unit))
         plot_holidays(out / "burden_holidays.png",
                       {r.name: (by_index[i][1], by_index[i][0]) for i, r in enumerate(runs)})
         (out / "comparison.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
@@ -313,6 +328,37 @@ def table(runs, out: str | Path | None = None, comm=None, *, sweep: dict | None 
     return frame.set_index("run") if "run" in frame.columns else frame
 
 
+def _detection(limits: set, unit: str) -> dict:
+    """The plot's detection line: drawn when every run has the same limit."""
+    if len(limits) != 1 or None in limits:
+        return {}
+    (limit,) = limits
+    unit = "cell" if unit == "cells" and limit == 1 else unit
+    return {"detection": limit, "detection_label": f"detection limit ({limit:.3g} {unit})"}
+
+
+def _results_curve(results) -> tuple:
+    """What :func:`_burden_cells` gives for a finished run handed in as results."""
+    ts = results.timeseries
+    t = ts["t"].to_numpy(dtype=float)
+    cells = ts["burden_cells"] if "burden_cells" in ts.columns else None
+    if cells is None or cells.isna().any() or (cells.astype(str) == "").any():
+        return t, ts["burden"].to_numpy(dtype=float), "µm^d", None
+    limit = results.summary.get("detection_limit_cells")
+    return t, cells.to_numpy(dtype=float), "cells", limit
+
+
+def _burden_cells(problem) -> tuple:
+    """(t [hour], burden, its unit, the detection limit in it or None) of a finished run: in
+    cells when the run counts cells, else as the amount ∫ N_tot dx [µm^d]."""
+    scale = problem.protocol.scale
+    t, burden = problem.curve("burden")
+    if scale is None:
+        return t, burden, "µm^d", None
+    return (t, burden * scale.cells(1.0), "cells",
+            scale.in_cells(problem.scenario.treatment.detection_limit))
+
+
 def _agree(comm, failure: tuple[int, str] | None) -> None:
     """Raise the failure of the lowest-numbered run on every rank, if any rank has one."""
     failures = [f for f in comm.allgather(failure) if f is not None]
@@ -377,8 +423,9 @@ def text_table(rows: list[dict]) -> str:
 
 
 def plot_holidays(path: Path, runs: dict) -> None:
-    """One panel per run: its burden [µm^d] against time [day], its treatment holidays shaded
-    and its first progression marked. ``runs`` maps a name to ((times [hour], burdens), summary)."""
+    """One panel per run: its burden against time [day], its treatment holidays shaded and its
+    first progression marked. ``runs`` maps a name to ((times [hour], burdens, their unit, the
+    detection limit in it or None), summary)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -387,8 +434,10 @@ def plot_holidays(path: Path, runs: dict) -> None:
 
     n = max(len(runs), 1)
     fig, axes = plt.subplots(n, 1, figsize=(8, 1.9 * n + 0.6), dpi=110, sharex=True, squeeze=False)
-    for ax, (name, ((t, b), s)) in zip(axes[:, 0], runs.items()):
+    for ax, (name, ((t, b, unit, limit), s)) in zip(axes[:, 0], runs.items()):
         ax.plot(np.asarray(t) / 24.0, b, color="C0", lw=1.5)
+        if limit is not None:
+            ax.axhline(limit, color="0.4", ls=":", lw=1, label="detection limit")
         for k, (a, e) in enumerate(s.get("holiday_intervals_hours", [])):
             ax.axvspan(a / 24.0, e / 24.0, color="C2", alpha=0.25, lw=0,
                        label="holiday" if k == 0 else None)
@@ -396,7 +445,7 @@ def plot_holidays(path: Path, runs: dict) -> None:
         if ttp is not None:
             ax.axvline(ttp / 24.0, color="C3", ls="--", lw=1, label="progression")
         ax.set_title(name, fontsize=9, loc="left")
-        ax.set_ylabel("burden  ∫ N dx", fontsize=8)
+        ax.set_ylabel(f"burden [{unit}]", fontsize=8)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper right")

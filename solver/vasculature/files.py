@@ -293,7 +293,8 @@ class NetworkSeries:
         self.entries: list[tuple[float, str]] = []
 
     def write(self, t: float, pressure: np.ndarray, cell_data: dict) -> Path:
-        """Add the state at time t [h] (the collection's time is in hours)."""
+        """Add the state at time ``t``, in the unit of the collection's times (a run's
+        ``network.pvd``: days, like its fields)."""
         import os
 
         self.dir.mkdir(parents=True, exist_ok=True)

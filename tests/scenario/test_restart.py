@@ -332,7 +332,10 @@ def _readable_frames(out: Path) -> list[float]:
             with h5py.File(out / path, "r") as h5:
                 data = h5[name][...]
             assert data.shape[0] == int(item.get("Dimensions").split()[0])
-        times.append(float(g.find("Time").get("Value")))
+        # the time in days for ParaView, and exactly in hours
+        hours = float(g.find("Information[@Name='time_hours']").get("Value"))
+        assert float(g.find("Time").get("Value")) == pytest.approx(hours / 24.0, rel=1e-15)
+        times.append(hours)
     return times
 
 
@@ -438,7 +441,7 @@ def test_a_signal_stops_a_comparison_with_its_runs_resumable(tmp_path, ranks):
     cfg = _config(tmp_path / "s.yaml", **{"time.end": "400 day", "output.checkpoint": {"wall": None}})
     p = _tme("compare", cfg, "--out", out, "--sweep", "drugs.chemo.emax=0.2 1/hour,0.3 1/hour,0.4 1/hour",
              ranks=ranks)
-    first = out / "restart_emax-0.2-1-hour"
+    first = out / "restart__drugs.chemo.emax=0.2_1_per_hour"
     _wait_rows(first / "timeseries.csv", 20, p)
     for pid in ([p.pid] if ranks == 1 else _children(p.pid)):   # every rank, as Slurm signals every task
         os.kill(pid, signal.SIGTERM)
@@ -449,12 +452,12 @@ def test_a_signal_stops_a_comparison_with_its_runs_resumable(tmp_path, ranks):
     line = lines[0]
     assert "stopped by SIGTERM" in line and f"tme run --resume {first}" in line, line
     # one group of ranks runs the three in turn; two groups run the first two at once
-    stepping = [first] + ([out / "restart_emax-0.3-1-hour"] if ranks == 2 else [])
-    assert "finished: none" in line and "restart_emax-0.4-1-hour" in line.split("not started: ")[1], line
+    stepping = [first] + ([out / "restart__drugs.chemo.emax=0.3_1_per_hour"] if ranks == 2 else [])
+    assert "finished: none" in line and "restart__drugs.chemo.emax=0.4_1_per_hour" in line.split("not started: ")[1], line
     for run in stepping:
         assert f"tme run --resume {run}" in line, line
     assert not (out / "comparison.csv").exists()
-    assert not (out / "restart_emax-0.4-1-hour").exists()
+    assert not (out / "restart__drugs.chemo.emax=0.4_1_per_hour").exists()
     for run in stepping:
         (ck,) = (run / "checkpoint").glob("step_*")
         assert json.loads((ck / "state.json").read_text())["steps"] > 0

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,7 @@ def test_fields_open_in_paraview(default_run):
     script.write_text(
         "import json, sys\n"
         "from paraview.simple import OpenDataFile, Calculator\n"
+        "from paraview import servermanager\n"
         "r = OpenDataFile(sys.argv[1])\n"   # what File -> Open does
         "r.UpdatePipelineInformation()\n"
         "times = list(r.TimestepValues)\n"
@@ -249,24 +251,43 @@ def test_fields_open_in_paraview(default_run):
         "pd, cd = r.PointData, r.CellData\n"
         "c = Calculator(Input=r, Function='doxorubicin*total', ResultArrayName='product')\n"
         "c.UpdatePipeline(times[-1])\n"
+        "data = servermanager.Fetch(c)\n"
+        "prod = data.GetPointData().GetArray('product')\n"
+        "dox, tot = (data.GetPointData().GetArray(n) for n in ('doxorubicin', 'total'))\n"
+        "fd = data.GetFieldData()\n"
+        "regions = {fd.GetArrayName(i): fd.GetArray(i).GetValue(0) for i in range(fd.GetNumberOfArrays())}\n"
+        "tags = data.GetCellData().GetArray('region')\n"
         "print(json.dumps({'times': times, 'reader': r.GetXMLName(),\n"
         "  'blocks': c.GetDataInformation().GetNumberOfDataSets(),\n"
-        "  'product': list(c.PointData['product'].GetRange()),\n"
+        "  'product': [prod.GetValue(i) for i in range(prod.GetNumberOfTuples())],\n"
+        "  'expected': [dox.GetValue(i) * tot.GetValue(i) for i in range(dox.GetNumberOfTuples())],\n"
+        "  'regions': regions, 'tags': sorted({tags.GetValue(i) for i in range(tags.GetNumberOfTuples())}),\n"
         "  'point': [pd.GetArray(i).GetName() for i in range(pd.GetNumberOfArrays())],\n"
         "  'cell': [cd.GetArray(i).GetName() for i in range(cd.GetNumberOfArrays())]}))\n")
     p = subprocess.run([pvbatch, str(script), str(out / "fields.xdmf")], capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     info = json.loads(p.stdout.strip().splitlines()[-1])
-    expected_times = [0.0, 48.0, 96.0, 144.0]
-    assert info["times"] == expected_times   # steps land on output times exactly
-    # one block holds every field, so ParaView's Calculator combines them
+    # times in days (the index says so); steps land on output times exactly
+    assert info["times"] == [0.0, 2.0, 4.0, 6.0]
+    root = ET.parse(out / "fields.xdmf").getroot()
+    assert root.find("./Domain/Information[@Name='time_unit']").get("Value") == "day"
+    # one block holds every field, so ParaView's Calculator combines two of them point by point
     assert info["reader"] == "Xdmf3ReaderS" and info["blocks"] == 1
-    assert info["product"][1] > 0
+    assert max(info["product"]) > 0
+    assert info["product"] == pytest.approx(info["expected"], rel=1e-12, abs=0.0)
     names = set(info["point"]) | set(info["cell"])
     for field in ("doxorubicin", "egfr_inhibitor", "factor", "oxygen", "sensitive", "mdr", "total",
                   "resistant_fraction", "region", "auc_doxorubicin", "time_above_ec50_doxorubicin"):
         assert field in names, (field, names)
+    # the region names: field data in ParaView and regions.csv beside the index, both naming
+    # every tag the region field holds by the mesh's own names
+    with open(out / "regions.csv") as fh:
+        table = {row["name"]: int(row["tag"]) for row in csv.DictReader(fh)}
+    assert table == r.model.domain.regions
+    assert set(table) == {"tumour", "dense_ecm", "stroma"}
+    assert {k.removeprefix("region="): v for k, v in info["regions"].items()} == table
+    assert set(info["tags"]) == set(table.values())
 
 
 # ------------------------------------------------------------------------------------------
