@@ -194,6 +194,11 @@ class Controller:
             # (1e-9: a step of dt_min from t lands at t + dt_min, whose difference from t is
             # dt_min only to the rounding of t)
             return Decision(True, self._bounded(dt), forced=True)
+        if after_reject:
+            # a second failure in a row: the error does not follow C dt^k near this step (a
+            # stiff transient, whose error is largest at λ dt ≈ 3 and falls both ways), so the
+            # integral formula's shorter step may fail again; the largest shrink instead
+            return Decision(False, self._bounded(dt * self.shrink))
         ratio = max(self.shrink, self.safety * err ** (-1.0 / (self.order + 1)))
         return Decision(False, self._bounded(dt * ratio))
 

@@ -71,6 +71,15 @@ def test_no_growth_right_after_a_rejection():
     assert c.decide(1.0, 0.9, after_reject=True).dt_next < 1.0
 
 
+def test_a_second_rejection_in_a_row_shrinks_the_most():
+    # a stiff transient's error rises as the step shrinks toward λ dt ~ 3: the integral step
+    # (x0.87 at ε = 1.5) would fail again and again; the redo of a redo shrinks by 0.2
+    c = Controller(shrink=0.2)
+    assert c.decide(1.0, 1.5).dt_next == pytest.approx(0.9 * 1.5 ** (-1 / 3))
+    d = c.decide(1.0, 1.5, after_reject=True)
+    assert not d.accept and d.dt_next == pytest.approx(0.2)
+
+
 def test_step_bounds_and_forced_acceptance_at_the_smallest_step():
     c = Controller(dt_min=0.01, dt_max=2.0)
     assert c.decide(1.0, 1e-9).dt_next == 2.0
