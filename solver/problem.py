@@ -899,7 +899,7 @@ class Problem:
             t1 = ctl.land(t0, dt_try, clock.next_milestone(t0, moving), clock.tol)
             self._step(t0, t1, estimate=True)
             err = self._error_norm()
-            d = ctl.decide(t1 - t0, err, st.err_prev, after_reject=rejected > 0)
+            d = ctl.decide(t1 - t0, err, st.err_prev, after_reject=rejected > 0, dt_prev=st.dt_prev)
             if d.accept:
                 break
             for a, copy in saved:
@@ -911,7 +911,7 @@ class Problem:
             # a milestone cut the step short: its small error says nothing against the longer
             # step the controller had asked for
             dt_next = max(dt_next, min(dt_try, ctl.dt_max))
-        st.err_prev = max(err, 1e-10)
+        st.err_prev, st.dt_prev = max(err, 1e-10), t1 - t0
         st.rejections += rejected
         self._step_info = (err, rejected)
         return t1, dt_next
@@ -925,10 +925,39 @@ class Problem:
             arrays.append(m.N)
         return [(a, a.copy()) for a in arrays]
 
+    def _levels(self) -> list[float]:
+        """The level at which each transported field acts, in the order of :meth:`_error_norm`'s
+        solvers: a drug's EC50, the survival factor's half effect K_s, the oxygen level of
+        half-maximal proliferation, the immune effectors' well-mixed level without inhibitor
+        (max r_e S_V / clearance), 1 (the capacity) for a moving clone [each field's unit]."""
+        if getattr(self, "_levels_cache", None) is None:
+            sc, m = self.scenario, self.model
+            out = []
+            for s in m.species:
+                if s.kind == "drug":
+                    out.append(s.ec50)
+                elif s.kind == "factor":
+                    out.append(sc.survival_factor.half_effect)
+                elif s.kind == "oxygen":
+                    out.append(sc.oxygen.hypoxia)
+                else:
+                    im = sc.immune
+                    local = float(np.max(m.sv_dofs, initial=0.0)) if m.sv_dofs is not None else 0.0
+                    sv = self.comm.allreduce(local, op=MPI.MAX)
+                    out.append(im.recruitment * sv / im.clearance if im.clearance > 0 else 0.0)
+            self._levels_cache = out + [1.0] * len(m.motility)
+        return self._levels_cache
+
     def _error_norm(self) -> float:
         """The step's normalised error (:func:`tme.clock.error_norm`): the transport estimate
         of every species and the reaction estimate of every clone, each relative to
-        ``time.tolerance`` with the absolute floor ``tolerance_floor`` × its scale."""
+        ``time.tolerance`` with the absolute floor ``tolerance_floor`` × its scale.
+
+        A field's scale is the larger of its largest value so far and the level at which it
+        acts (:meth:`_levels`). Without that level, a drug whose infusion has just started
+        would be held to the tolerance relative to its first, vanishing values: its relative
+        local error there is about 0.08 λ dt (λ its exchange and uptake rate) — first order,
+        since the field itself is O(dt²) — and steps of the smallest size would still fail."""
         sc, m, st = self.scenario, self.model, self.state
         tol, floor = sc.time.tolerance, sc.time.tolerance_floor
         solvers = [s.solver for s in m.species] + list(m.motility)
@@ -939,10 +968,11 @@ class Problem:
             peaks = np.empty_like(local)
             self.comm.Allreduce(local, peaks, op=MPI.MAX)
         parts = []
-        for s, peak in zip(solvers, peaks):
+        for s, peak, level in zip(solvers, peaks, self._levels()):
             name = s.model.name
             scale = st.scales[name] = max(st.scales.get(name, 0.0), float(peak))
-            parts.append((s.error, s.c.x.array[:n], s.m, tol, max(tol * floor * scale, 1e-300)))
+            atol = tol * floor * max(scale, level)
+            parts.append((s.error, s.c.x.array[:n], s.m, tol, max(atol, 1e-300)))
         if m.reactions is not None:
             # the first half step's estimate stands for both halves: its kept (finer) result
             # carries a quarter of it, the second half about all of it

@@ -32,10 +32,11 @@ class State:
     "n_tot": whether a cell density entered it}`` (that density is saved with the fields); written: how many rows, events,
     field frames and checkpoints each output holds; wall_seconds: wall time of the earlier
     segments of a resumed run [s]; segments: how many times the run was started. With
-    ``time.tolerance``: err_prev, the normalised error of the last accepted step (None after a
-    restart); rejections, the steps redone so far; scales, each field's largest value so far
-    (the scale of its absolute error floor) [its unit]. reports: the burden [µm^d], its cell
-    count and the resistant fraction at each of ``treatment.report_times`` reached.
+    ``time.tolerance``: err_prev and dt_prev [hour], the normalised error and the length of the
+    last accepted step (err_prev None after a restart); rejections, the steps redone so far;
+    scales, each field's largest value so far (the scale of its absolute error floor) [its
+    unit]. reports: the burden [µm^d], its cell count and the resistant fraction at each of
+    ``treatment.report_times`` reached.
     """
 
     t: float = 0.0
@@ -51,6 +52,7 @@ class State:
     wall_seconds: float = 0.0
     segments: int = 1
     err_prev: float | None = None
+    dt_prev: float | None = None
     rejections: int = 0
     scales: dict[str, float] = field(default_factory=dict)
     reports: list[dict] = field(default_factory=list)

@@ -24,12 +24,36 @@ def test_integral_step_of_a_second_order_method():
     assert c.decide(2.0, 8.0).dt_next == pytest.approx(2.0 * 0.9 * 8.0 ** (-1 / 3))
 
 
-def test_pi_step_uses_the_previous_error():
+def test_predictive_step_uses_the_previous_step_and_error():
     c = Controller(order=2, safety=0.9)
-    d = c.decide(1.0, 0.5, err_prev=0.25)
-    assert d.dt_next == pytest.approx(0.9 * 0.5 ** (-0.7 / 3) * 0.25 ** (0.4 / 3))
-    # a rising error (0.25 -> 0.5) grows the step less than the integral part alone would
+    # the error rose faster than dt^3 (0.25 -> 0.5 at the same step): the predictive step,
+    # 0.9 (1/1) (0.25/0.5)^(1/3) 0.5^(-1/3), is shorter than the integral one
+    d = c.decide(1.0, 0.5, err_prev=0.25, dt_prev=1.0)
+    assert d.dt_next == pytest.approx(0.9 * (0.25 / 0.5) ** (1 / 3) * 0.5 ** (-1 / 3))
     assert d.dt_next < c.decide(1.0, 0.5).dt_next
+    # a steady error far below 1 while the steps grow (a field growing from zero): the full
+    # integral growth, never the crawl of a PI controller (0.9 * 0.1^(-0.1) = 1.13 per step)
+    d = c.decide(1.0, 0.1, err_prev=0.1, dt_prev=0.8)
+    assert d.dt_next == pytest.approx(0.9 * 0.1 ** (-1 / 3))
+    # without the previous step's length: the integral step alone
+    assert c.decide(1.0, 0.5, err_prev=0.25).dt_next == pytest.approx(0.9 * 0.5 ** (-1 / 3))
+
+
+def test_predictive_steps_settle_where_the_error_meets_the_tolerance():
+    # err = C dt^3 with C rising 20 % per step: the steps settle at err ~ 1, without rejections
+    c = Controller(order=2)
+    C, dt, prev, errs, rejects = 1.0, 0.1, None, [], 0
+    for _ in range(40):
+        err = C * dt ** 3
+        d = c.decide(dt, err, None if prev is None else prev[1], dt_prev=None if prev is None else prev[0])
+        if not d.accept:
+            rejects += 1
+            dt = d.dt_next
+            continue
+        prev, dt, C = (dt, err), d.dt_next, C * 1.2
+        errs.append(err)
+    assert rejects == 0
+    assert all(0.5 < e <= 1.0 for e in errs[-10:]), errs[-10:]
 
 
 def test_growth_and_shrink_are_bounded():
@@ -45,6 +69,15 @@ def test_no_growth_right_after_a_rejection():
     c = Controller()
     assert c.decide(1.0, 1e-6, after_reject=True).dt_next == pytest.approx(1.0)
     assert c.decide(1.0, 0.9, after_reject=True).dt_next < 1.0
+
+
+def test_a_second_rejection_in_a_row_shrinks_the_most():
+    # a stiff transient's error rises as the step shrinks toward λ dt ~ 3: the integral step
+    # (x0.87 at ε = 1.5) would fail again and again; the redo of a redo shrinks by 0.2
+    c = Controller(shrink=0.2)
+    assert c.decide(1.0, 1.5).dt_next == pytest.approx(0.9 * 1.5 ** (-1 / 3))
+    d = c.decide(1.0, 1.5, after_reject=True)
+    assert not d.accept and d.dt_next == pytest.approx(0.2)
 
 
 def test_step_bounds_and_forced_acceptance_at_the_smallest_step():
@@ -134,14 +167,14 @@ def _trbdf2(y0, t0, dt):
     ys = 2 * x - y0
     y1 = ((_A * ys - _B * y0) / tau + LG) / (1 / tau + K_RATE)
     hA0, hAs, hA1 = dt * K_RATE * y0, dt * K_RATE * ys, dt * K_RATE * y1
-    est = -((math.sqrt(2) - 1) / 3 * hA0 - hAs / 3 + _G / 3 * hA1) / (1 + tau * K_RATE)
+    est = -((math.sqrt(2) - 1) / 3 * hA0 - hAs / 3 + _G / 3 * hA1) / (1 + tau * K_RATE) ** 2
     return y1, est
 
 
 def _integrate(tol, dt_first=0.01):
     c = Controller(order=2, dt_min=1e-6, dt_max=24.0)
     milestones = sorted(set(DOSES[1:]) | {END})
-    t, y, dt, err_prev, rejected = 0.0, 0.0, dt_first, None, False
+    t, y, dt, err_prev, dt_prev, rejected = 0.0, 0.0, dt_first, None, None, False
     landed, rejects, steps, worst = [], 0, 0, 0.0
     while t < END:
         m = next(x for x in milestones if x > t)
@@ -149,13 +182,13 @@ def _integrate(tol, dt_first=0.01):
         saved = (t, y)                       # the state a rejected step is redone from
         y1, est = _trbdf2(y, t, t1 - t)
         err = abs(est) / (1e-3 * tol + tol * abs(y1))
-        d = c.decide(t1 - t, err, err_prev, after_reject=rejected)
+        d = c.decide(t1 - t, err, err_prev, after_reject=rejected, dt_prev=dt_prev)
         if not d.accept:
             t, y = saved
             dt, rejected, rejects = d.dt_next, True, rejects + 1
             continue
+        err_prev, dt_prev = max(err, 1e-10), t1 - t
         t, y, steps, rejected = t1, y1, steps + 1, False
-        err_prev = max(err, 1e-10)
         dt = d.dt_next
         if t == m:
             landed.append(t)
@@ -166,15 +199,15 @@ def _integrate(tol, dt_first=0.01):
 
 
 def test_control_loop_lands_on_every_milestone_and_the_error_follows_the_tolerance():
-    """Each step's local error is held at the tolerance, so the global error after the ~100-700
-    steps of this run is a few tens of tolerances at most and falls as tol^(2/3) (error per step
+    """Each step's local error is held at the tolerance, so the global error after the ~130-550
+    steps of this run is a few tens of tolerances (14-70 x) and falls as tol^(2/3) (error per step
     control of a second-order method: steps ~ tol^(-1/3)); the steps rise as tol^(-1/3)."""
     errors = {}
     for tol in (1e-3, 1e-4, 1e-5):
         landed, rejects, steps, worst = _integrate(tol)
         assert landed == [30.0, 31.0, 60.0, 96.0]  # each exactly, as floats
         errors[tol] = (worst, steps, rejects)
-        assert worst < 50 * tol, (tol, worst)
+        assert worst < 100 * tol, (tol, worst)
     (w3, s3, _), (w4, s4, _), (w5, s5, _) = errors[1e-3], errors[1e-4], errors[1e-5]
     for a, b in ((w3, w4), (w4, w5)):
         assert 10 ** 0.5 < a / b < 10 ** 0.85, errors
@@ -187,4 +220,4 @@ def test_rejected_steps_are_redone_shorter():
     landed, rejects, steps, worst = _integrate(1e-4, dt_first=5.0)
     assert rejects >= 1
     assert landed == [30.0, 31.0, 60.0, 96.0]
-    assert worst < 3e-3
+    assert worst < 5e-3
