@@ -34,7 +34,7 @@ from typing import Literal
 from .config.treatment import CellScale, Line, TreatmentSpec, detectable
 
 EventKind = Literal["line_start", "dose", "assessment", "progression", "switch", "sequencing",
-                    "cure", "stop"]
+                    "cure", "stop", "vessel_collapse"]
 
 
 @dataclass(frozen=True)

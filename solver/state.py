@@ -34,7 +34,8 @@ class State:
     segments of a resumed run [s]; segments: how many times the run was started. With
     ``time.tolerance``: err_prev, the normalised error of the last accepted step (None after a
     restart); rejections, the steps redone so far; scales, each field's largest value so far
-    (the scale of its absolute error floor) [its unit].
+    (the scale of its absolute error floor) [its unit]. vessels: the vessel network's state,
+    ``{"closed": [segments collapsed so far]}`` (empty while none has).
     """
 
     t: float = 0.0
@@ -52,6 +53,7 @@ class State:
     err_prev: float | None = None
     rejections: int = 0
     scales: dict[str, float] = field(default_factory=dict)
+    vessels: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION, **asdict(self)}, indent=1)

@@ -88,6 +88,17 @@ class BloodSpec(Spec):
     plasma_viscosity: Quantity("mmHg*hour", "mPa*s", gt=0, description="plasma viscosity") = "1.2 mPa*s"
 
 
+class CollapseSpec(Spec):
+    """Vessels closed by solid stress where the cells are packed densely (Padera et al., Nature
+    427:695, 2004): a segment along which the total cell density exceeds ``threshold`` somewhere
+    closes and stays closed; flow and delivery are recomputed (docs/model.md, "Vessel networks")."""
+
+    threshold: Fraction = Field(0.9, description="total cell density (volume fraction of the packing "
+                                "capacity) above which a vessel collapses")
+    every_steps: int | None = Field(None, ge=1, description="check every K time steps; default: at "
+                                    "the treatment's assessments")
+
+
 class VasculatureSpec(Spec):
     """A vessel network delivering the drugs, oxygen and immune cells through its walls."""
 
@@ -98,6 +109,8 @@ class VasculatureSpec(Spec):
                              "mesh for the unresolved radial resistance (r_eq = 0.3 h)")
     immune_recruitment: Quantity("um**2/hour", "um**2/hour", ge=0, description="immune effectors "
                                  "recruited per unit length of perfused vessel") = "0 um**2/hour"
+    collapse: CollapseSpec | None = Field(None, description="vessels collapsing under compression; "
+                                          "default: none collapse")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -2,7 +2,8 @@
 
 ParaView opens ``network.pvd`` (File → Open) as one time series of VTK PolyData beside
 ``fields.xdmf``: per segment the radius [µm], flow [nl/min], perfused flag, whether the
-generator made it a tumour vessel, and each species' mean plasma level in it [µM]; per node the
+generator made it a tumour vessel, whether it has collapsed under compression, and each
+species' mean plasma level in it [µM] (over the last step); per node the
 pressure [mmHg]. Written by rank 0 (the network is the same on every rank); each frame is a
 complete file before the collection lists it (replaced atomically), so a killed run leaves a
 readable series. Times in hours.
