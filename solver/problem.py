@@ -552,6 +552,9 @@ class Problem:
             self._schedule(self.protocol.line.regimen, 0.0, self.protocol.index)
         st.nadir = (burden, 0.0)
         self._last = (0.0, burden, fractions, None)
+        if self.model.vessels is not None and sc.vasculature.collapse is not None:
+            # a tumour presents with vessels already compressed where it is packed
+            self._compress_vessels(0.0, sc.vasculature.collapse.threshold)
         if self.outputs:
             self.events.write(st, 0.0)
             self.fields.write(st, 0.0)

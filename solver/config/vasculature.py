@@ -91,12 +91,12 @@ class BloodSpec(Spec):
 class CollapseSpec(Spec):
     """Vessels closed by solid stress where the cells are packed densely (Padera et al., Nature
     427:695, 2004): a segment along which the total cell density exceeds ``threshold`` somewhere
-    closes and stays closed; flow and delivery are recomputed (docs/model.md, "Vessel networks")."""
+    closes and stays closed (checked at t = 0 and then at the assessments or every K steps); flow and delivery are recomputed (docs/model.md, "Vessel networks")."""
 
     threshold: Fraction = Field(0.9, description="total cell density (volume fraction of the packing "
                                 "capacity) above which a vessel collapses")
-    every_steps: int | None = Field(None, ge=1, description="check every K time steps; default: at "
-                                    "the treatment's assessments")
+    every_steps: int | None = Field(None, ge=1, description="check at the start and every K time "
+                                    "steps; default: at the start and at the treatment's assessments")
 
 
 class VasculatureSpec(Spec):
