@@ -55,7 +55,7 @@ from .pharmacology import DRUG_CLASSES
 from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
 from .outputs.fields import FieldOutput
-from .outputs.network import NetworkOutput
+from .outputs.network import NetworkOutput, NetworkPictures
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
 from .protocol import Event, Protocol
@@ -493,6 +493,14 @@ class Problem:
         what = f"{frames} frames of {len(sizes)} fields on {dofs} dofs, the time series and pictures"
         return fields + series + pictures, what
 
+    def _network_picture_field(self):
+        """The field the network picture slices (its first drug, else its first species in the
+        vessels) and its label with the unit."""
+        m = self.model
+        s = next((s for s in m.drugs if s.name in m.vessels.species), None) or next(
+            s for s in m.species if s.name in m.vessels.species)
+        return (lambda c=s.solver.c: c), f"{s.name} [µM]"
+
     def _snapshot_times(self) -> list[float]:
         times = self.scenario.output.snapshots.times
         return [self.scenario.time.end] if times is None else list(times)
@@ -523,6 +531,8 @@ class Problem:
                         _Summary(self)] + ([_Plots(self)] if sc.output.plots else [])
         if self.network is not None:
             self.outputs.insert(3, self.network)
+            self.outputs.insert(5, NetworkPictures(self.out, m.vessels, self._snapshot_times(),
+                                                   *self._network_picture_field(), comm))
         try:
             if resumed:
                 w = st.written

@@ -1,6 +1,7 @@
 """Vessel networks: flow, transit and the line source against closed forms; generator; files."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -486,3 +487,34 @@ def test_segments_through_a_dense_region_collapse_and_the_flow_follows_a_hand_so
     assert vc.compress(n_tot.x.array, spec.collapse.threshold).size == 0
     n_tot.x.array[:] = 0.0
     assert vc.compress(n_tot.x.array, spec.collapse.threshold).size == 0 and vc.closed.sum() == 2
+
+
+@pytest.mark.mpi
+def test_network_picture_has_its_size_and_is_not_blank(comm, tmp_path_factory):
+    from dolfinx import fem
+
+    from tme.config.vasculature import VasculatureSpec
+    from tme.outputs.network_picture import WINDOW, picture
+    from tme.vasculature.coupling import VascularCoupling
+
+    dom = _box(comm, n=6, size=400.0)
+    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+    net = generate(GeneratorParams(lower=(0, 0, 0), upper=(400.0, 400.0, 400.0), seed=3, spacing=100.0,
+                                   feeder_spacing=150.0))
+    vc = VascularCoupling(net, VasculatureSpec.model_validate({"file": {"path": "unused.vtp"}}), V)
+    c = fem.Function(V, name="drug")
+    c.interpolate(lambda x: x[0] / 400.0)
+    out = comm.bcast(str(tmp_path_factory.mktemp("picture")) if comm.rank == 0 else None, root=0)
+    path = Path(out) / "network_001.00.png"
+    picture(path, c, "drug [µM]", vc, 24.0, comm)
+    comm.barrier()
+    if comm.rank == 0:
+        from PIL import Image
+
+        img = np.asarray(Image.open(path).convert("RGB")).astype(float)
+        assert img.shape == (WINDOW[1], WINDOW[0], 3)
+        # not blank: many colours (the field's and the flow's colour maps) and a real spread
+        colours = np.unique(img.reshape(-1, 3), axis=0)
+        assert len(colours) > 200 and img.std() > 20.0
+        white = np.all(img > 250, axis=2).mean()
+        assert 0.2 < white < 0.95       # a white background around the block
