@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .spec import Spec, at
 from .units import Fraction, Length, Quantity
@@ -39,10 +39,25 @@ class NetworkFileSpec(Spec):
     """A network read from ``.vtp``/``.vtk`` (polylines with a radius), ``.yaml`` or ``.csv``."""
 
     path: Path
-    scale: float = Field(1.0, gt=0, description="factor from the file's lengths to µm (VTK files "
-                         "carry no unit; tables are first converted from the units they declare)")
+    unit: str = Field("um", description="length unit of a VTK file's coordinates and radii "
+                           "(VTK carries none; a table declares its own units)")
     boundary: list[NodeCondition] = Field(default_factory=list, description="conditions for end "
                                           "nodes the file leaves without one")
+
+    @field_validator("unit")
+    @classmethod
+    def _length_unit(cls, value):
+        from .scenario import _length_unit   # the check of mesh.unit (scenario imports this module)
+
+        return _length_unit(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "scale" in data:
+            raise ValueError(at("vasculature.file.scale", "is now 'unit', the length unit of the file "
+                                "as for mesh files (e.g. unit: mm)"))
+        return data
 
 
 class GeneratedNetworkSpec(Spec):

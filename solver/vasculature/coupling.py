@@ -44,7 +44,7 @@ def build(spec: VasculatureSpec, msh, region_rules=()) -> Network:
         f = spec.file
 
         def make():
-            net = files.read(f.path, f.scale, key="vasculature.file.path")
+            net = files.read(f.path, f.unit, key="vasculature.file.path")
             return _end_conditions(net, f.boundary)
 
         return shared(comm, make)

@@ -188,6 +188,33 @@ def test_network_files_round_trip(tmp_path, small_net, suffix):
     _same(small_net, files.read(path))
 
 
+def test_vtk_lengths_in_the_declared_unit_and_the_old_scale_key_refused(tmp_path, small_net):
+    from pydantic import ValidationError
+
+    from tme.config.spec import located
+    from tme.config.vasculature import VasculatureSpec
+
+    # a VTK file written in mm
+    import pyvista
+
+    segs = small_net.segments
+    poly = pyvista.PolyData(small_net.nodes / 1000.0, lines=np.column_stack([np.full(len(segs), 2), segs]).ravel())
+    poly.cell_data["radius"] = small_net.radius / 1000.0
+    poly.save(tmp_path / "mm.vtp")
+    back = files.read(tmp_path / "mm.vtp", "mm")
+    assert np.allclose(np.sort(back.radius), np.sort(small_net.radius), rtol=1e-12)
+    assert np.allclose(np.sort(back.nodes, axis=0), np.sort(small_net.nodes, axis=0), rtol=1e-12)
+    files.write_table(tmp_path / "t.yaml", small_net)
+    with pytest.raises(ScenarioError, match=r"vasculature.file.unit: t.yaml is a table, which declares its own"):
+        files.read(tmp_path / "t.yaml", "mm", key="vasculature.file.path")
+    assert VasculatureSpec.model_validate({"file": {"path": "a.vtp", "unit": "mm"}}).file.unit == "mm"
+    with pytest.raises(ValidationError) as exc:
+        VasculatureSpec.model_validate({"file": {"path": "a.vtp", "scale": 1000}})
+    assert located(exc.value.errors()[0]["msg"]).startswith("vasculature.file.scale: is now 'unit'")
+    with pytest.raises(ValidationError, match="not a length unit"):
+        VasculatureSpec.model_validate({"file": {"path": "a.vtp", "unit": "mmHg"}})
+
+
 def test_vtk_polylines_with_point_radius_and_csv_table(tmp_path):
     import pyvista
 
