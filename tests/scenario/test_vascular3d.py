@@ -242,3 +242,41 @@ def json_copy(d):
     import json
 
     return json.loads(json.dumps(d))
+
+
+@pytest.mark.slow
+def test_vascular3d_network_opens_in_paraview_beside_the_fields(coarse_run, tmp_path):
+    """One ParaView session reads fields.xdmf and network.pvd: the same output times, the
+    network inside the tissue block, the flow and the fields at the last time."""
+    import json
+    import shutil
+    import subprocess
+
+    pvbatch = shutil.which("pvbatch")
+    if pvbatch is None:
+        pytest.skip("ParaView's pvbatch is not installed")
+    out, _ = coarse_run
+    script = tmp_path / "both.py"
+    script.write_text(
+        "import json, sys\n"
+        "from paraview.simple import OpenDataFile\n"
+        "f = OpenDataFile(sys.argv[1] + '/fields.xdmf')\n"
+        "n = OpenDataFile(sys.argv[1] + '/network.pvd')\n"
+        "for r in (f, n):\n"
+        "    r.UpdatePipelineInformation()\n"
+        "tf, tn = list(f.TimestepValues), list(n.TimestepValues)\n"
+        "f.UpdatePipeline(tf[-1]); n.UpdatePipeline(tn[-1])\n"
+        "fi, ni = f.GetDataInformation(), n.GetDataInformation()\n"
+        "print(json.dumps({'fields_times': tf, 'network_times': tn, 'fields_bounds': fi.GetBounds(),\n"
+        "  'network_bounds': ni.GetBounds(), 'network_cells': ni.GetNumberOfCells(),\n"
+        "  'point_fields': [f.PointData.GetArray(i).GetName() for i in range(f.PointData.GetNumberOfArrays())],\n"
+        "  'flow': n.CellData.GetArray('flow').GetRange()}))\n")
+    p = subprocess.run([pvbatch, str(script), str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    assert info["fields_times"] == info["network_times"] and len(info["network_times"]) >= 2
+    fb, nb = info["fields_bounds"], info["network_bounds"]
+    for k in range(3):
+        assert fb[2 * k] - 1e-6 <= nb[2 * k] <= nb[2 * k + 1] <= fb[2 * k + 1] + 1e-6
+    assert info["network_cells"] > 100 and "doxorubicin" in info["point_fields"]
+    assert max(abs(v) for v in info["flow"]) > 0
