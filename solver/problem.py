@@ -303,6 +303,9 @@ def _build_vessels(model: Model, h: float):
             vc.add(s.name, sc.oxygen.permeability, s.solver.model.diffusivity,
                    lambda t0, t1, level=sc.oxygen.blood_level: level)
     model.vessels = vc
+    if spec.collapse is not None and (sc.clones is None or not sc.clones.clones):
+        raise ScenarioError("vasculature.collapse: vessels collapse where cells are packed; the scenario "
+                            "has no clones (give clones.clones, or remove vasculature.collapse)")
     if spec.collapse is not None and spec.collapse.every_steps is None and not sc.treatment.lines:
         raise ScenarioError("vasculature.collapse: give every_steps (a number of time steps); without "
                             "treatment lines there are no assessments to check the vessels at")

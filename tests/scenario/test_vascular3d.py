@@ -226,7 +226,7 @@ def test_collapse_logged_without_assembly_and_resumed_to_the_same_steps(comm, tm
     assert_same_run(base / "stopped", base / "straight", rel=1e-12 if comm.size == 1 else 1e-6)
 
 
-def test_collapse_without_assessments_needs_every_steps(tmp_path):
+def test_collapse_needs_clones_and_a_schedule(tmp_path):
     from tme.config import scenario as sc
     from tme.problem import Problem
     from tme.config.spec import ScenarioError
@@ -235,6 +235,10 @@ def test_collapse_without_assessments_needs_every_steps(tmp_path):
     data["vasculature"]["collapse"] = {"threshold": 0.75}
     data["treatment"] = {"lines": []}
     with pytest.raises(ScenarioError, match="vasculature.collapse: give every_steps"):
+        Problem(sc.validate(data), out=None).initialise()
+    data = json_copy(COLLAPSING)
+    del data["clones"]
+    with pytest.raises(ScenarioError, match="vasculature.collapse: vessels collapse where cells are packed"):
         Problem(sc.validate(data), out=None).initialise()
 
 
