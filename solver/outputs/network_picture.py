@@ -1,7 +1,8 @@
 """A picture of a 3-D run with a vessel network: a slice of a tissue field and the network
 coloured by its blood flow (``network_<day>.png``, off-screen with pyvista).
 
-The slice is the plane z = mid-height of the mesh, coloured by the field [its unit]; the vessels
+The slice is the plane z = mid-height of the mesh, coloured by the field [its unit] and slightly
+transparent (vessels below it show through); the vessels
 are drawn as lines coloured by |flow| [nl/min] on a logarithmic scale, those without flow
 (dead ends, parts cut off, collapsed vessels) in grey. Each rank sends its owned part of the
 mesh to rank 0, which renders (collective).
@@ -20,12 +21,12 @@ WINDOW = (1000, 760)
 
 
 def _gather_field(f, comm):
-    """(cells, cell types, points, values) of the P1 function ``f`` on rank 0, None elsewhere."""
+    """Per rank (cells, cell types, points, values) of the P1 function ``f``: on rank 0, None
+    elsewhere."""
     from dolfinx import plot
 
     cells, types, x = plot.vtk_mesh(f.function_space)
-    pieces = comm.gather((cells, types, x, f.x.array.real[: x.shape[0]].copy()), root=0)
-    return pieces
+    return comm.gather((cells, types, x, f.x.array.real[: x.shape[0]].copy()), root=0)
 
 
 def picture(path: Path, field, label: str, coupling, t: float, comm) -> None:
@@ -60,7 +61,7 @@ def picture(path: Path, field, label: str, coupling, t: float, comm) -> None:
     pl.add_mesh(grid.outline(), color="black")
     values = cut.point_data["field"] if cut.n_points else np.zeros(1)
     pl.add_mesh(cut if cut.n_points else grid.outline(), scalars="field" if cut.n_points else None,
-                cmap="viridis", clim=(float(values.min()), float(max(values.max(), values.min() + 1e-30))),
+                cmap="viridis", opacity=0.85, clim=(float(values.min()), float(max(values.max(), values.min() + 1e-30))),
                 scalar_bar_args={"title": label, "vertical": True, "position_x": 0.88, "position_y": 0.1,
                                  "height": 0.35, "width": 0.06, "fmt": "%.2g", "color": "black",
                                  "title_font_size": 14, "label_font_size": 12, "n_labels": 4})
@@ -77,7 +78,8 @@ def picture(path: Path, field, label: str, coupling, t: float, comm) -> None:
         pl.add_mesh(vessels.extract_cells(np.flatnonzero(~on)), color="grey", line_width=2,
                     render_lines_as_tubes=True)
     closed = int(coupling.closed.sum())
-    pl.add_text(f"{label} on z = {centre[2]:.4g} µm and the vessels coloured by flow (grey: no flow"
+    z = float(np.round(centre[2], 3)) + 0.0   # no "-1e-14"
+    pl.add_text(f"{label} on z = {z:g} µm and the vessels coloured by flow (grey: no flow"
                 f"{f', {closed} collapsed' if closed else ''}); t = {t / 24:.2f} day", font_size=9,
                 color="black")
     pl.view_isometric()
