@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .spec import Spec, at
-from .units import Fraction, Length, Quantity
+from .units import Fraction, Length, Quantity, parse_quantity
 
 #: Discharge haematocrit of systemic blood (the fraction of its volume that is red cells), the default.
 HAEMATOCRIT = 0.45
@@ -47,9 +47,13 @@ class NetworkFileSpec(Spec):
     @field_validator("unit")
     @classmethod
     def _length_unit(cls, value):
-        from .scenario import _length_unit   # the check of mesh.unit (scenario imports this module)
-
-        return _length_unit(value)
+        try:
+            ok = isinstance(value, str) and parse_quantity(f"1 {value}", "um", "um") > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{value!r} is not a length unit; write e.g. 'um' or 'mm'")
+        return value
 
     @model_validator(mode="before")
     @classmethod
