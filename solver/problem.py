@@ -57,7 +57,7 @@ from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
 from .outputs.fields import FieldOutput
 from .outputs.memory import MemoryFields
-from .outputs.network import NetworkOutput
+from .outputs.network import NetworkOutput, NetworkPictures
 from .outputs import pictures
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
@@ -306,10 +306,21 @@ def _build_vessels(model: Model, h: float):
             vc.add(s.name, sc.oxygen.permeability, s.solver.model.diffusivity,
                    lambda t0, t1, level=sc.oxygen.blood_level: level)
     model.vessels = vc
-    if model.get("immune") is not None:
-        model.vessel_dofs = vc.line_density() / np.where(model.mass > 0, model.mass, 1.0)
+    if spec.collapse is not None and (sc.clones is None or not sc.clones.clones):
+        raise ScenarioError("vasculature.collapse: vessels collapse where cells are packed; the scenario "
+                            "has no clones (give clones.clones, or remove vasculature.collapse)")
+    if spec.collapse is not None and spec.collapse.every_steps is None and not sc.treatment.lines:
+        raise ScenarioError("vasculature.collapse: give every_steps (a number of time steps); without "
+                            "treatment lines there are no assessments to check the vessels at")
+    _vessel_line_density(model)
     log.get().info(f"vasculature: {net.num_segments} segments, {vc.perfused_length() / 1e3:.1f} mm of vessel, "
                    f"{100 * vc.perfused_fraction():.0f} % of it perfused")
+
+
+def _vessel_line_density(model: Model):
+    """Perfused vessel length per dof volume, for immune recruitment along the network."""
+    if model.get("immune") is not None:
+        model.vessel_dofs = model.vessels.line_density() / np.where(model.mass > 0, model.mass, 1.0)
 
 
 def _check_regions(scenario: Scenario, domain: meshes.Domain):
@@ -526,6 +537,14 @@ class Problem:
         what = f"{frames} frames of {len(sizes)} fields on {dofs} dofs, the time series and pictures"
         return fields + series + pictures, what
 
+    def _network_picture_field(self):
+        """The field the network picture slices (its first drug, else its first species in the
+        vessels) and its label with the unit."""
+        m = self.model
+        s = next((s for s in m.drugs if s.name in m.vessels.species), None) or next(
+            s for s in m.species if s.name in m.vessels.species)
+        return (lambda c=s.solver.c: c), f"{s.name} [µM]"
+
     def _snapshot_times(self) -> list[float]:
         times = self.scenario.output.snapshots.times
         return [self.scenario.time.end] if times is None else list(times)
@@ -556,6 +575,8 @@ class Problem:
                         _Summary(self)] + ([_Plots(self)] if sc.output.plots else [])
         if self.network is not None:
             self.outputs.insert(3, self.network)
+            self.outputs.insert(5, NetworkPictures(self.out, m.vessels, self._snapshot_times(),
+                                                   *self._network_picture_field(), comm))
         try:
             if resumed:
                 w = st.written
@@ -587,6 +608,9 @@ class Problem:
         self._report(0.0, burden, fractions)
         st.nadir = (burden, 0.0)
         self._last = (0.0, burden, fractions, None)
+        if self.model.vessels is not None and sc.vasculature.collapse is not None:
+            # a tumour presents with vessels already compressed where it is packed
+            self._compress_vessels(0.0, sc.vasculature.collapse.threshold)
         if self.outputs:
             self.events.write(st, 0.0)
             self.fields.write(st, 0.0)
@@ -628,6 +652,10 @@ class Problem:
         self._give(t1)
         self._log_doses(t1)
         self._report(t1, burden, fractions)
+        collapse = sc.vasculature.collapse if m.vessels is not None else None
+        if collapse is not None and (assessed is not None if collapse.every_steps is None
+                         else st.steps % collapse.every_steps == 0):
+            self._compress_vessels(t1, collapse.threshold)
         self._last = (dt, burden, fractions, assessed)
         # a dose starts or an infusion ends, or a new line starts: small steps again
         restart = switched or clock.at(t1, [next_event])
@@ -746,12 +774,53 @@ class Problem:
             for i, f in enumerate(m.clone_fields):
                 m.N[i] = f.x.array
         n = m.mass.size
+        if m.vessels is not None:
+            # the collapsed vessels, and the line diagonals the saved preconditioners were built with
+            if st.vessels.get("closed"):
+                closed = np.zeros(m.vessels.net.num_segments, bool)
+                closed[st.vessels["closed"]] = True
+                m.vessels.close(closed)
+            self._vessels_changed(rebuild=False)
         for s in self._all_solvers():
             if s.model.name in st.solvers:
                 f = pcs[s.model.name]
                 s.restore_preconditioner(st.solvers[s.model.name]["dt"], None if f is None else f.x.array[:n])
         st.dt_next = min(st.dt_next, self.clock.dt_max)   # time.dt may have been lowered
         self.logger.info(f"resumed from {path} at t = {st.t:g} h ({st.t / 24:.4g} day), step {st.steps}")
+
+    def _compress_vessels(self, t: float, threshold: float) -> None:
+        """Close the vessels where the cells exceed ``threshold``; log what changed. Only the
+        small network is solved again and the line sources' diagonals rewritten; a species
+        solver that carries its preconditioner from step to step rebuilds it for the new
+        diagonal (so that a resumed run, which rebuilds it from the saved state, takes the same
+        steps)."""
+        m, st = self.model, self.state
+        vc = m.vessels
+        new = vc.compress(m.n_tot.x.array, threshold)
+        if not new.size:
+            return
+        st.vessels = {"closed": np.flatnonzero(vc.closed).tolist()}
+        self._vessels_changed(rebuild=True)
+        pf = vc.perfused_fraction()
+        self._new_events.append(Event(
+            t, "vessel_collapse", f"{new.size} vessel segment(s) collapsed where the cell density exceeds "
+            f"{threshold:g}; {100 * pf:.1f} % of the vessel length perfused",
+            {"segments_closed": int(new.size), "closed_total": int(vc.closed.sum()),
+             "perfused_fraction": pf, "perfused_length_um": vc.perfused_length()}))
+
+    def _vessels_changed(self, rebuild: bool) -> None:
+        """The network's flow changed: each species' line diagonal and the immune recruitment
+        along the vessels follow; ``rebuild``: reused preconditioners too."""
+        m = self.model
+        _vessel_line_density(m)
+        n = m.mass.size
+        for s in m.species:
+            if s.name in m.vessels.species:
+                s.solver.line_diagonal[:] = m.vessels.diagonal(s.name)[:n]
+                if rebuild and s.solver.reuses_preconditioner:
+                    s.solver.restore_preconditioner(s.solver.pc_dt, m.n_tot.x.array if s.solver.pc_n_tot is not None
+                                                    else None)
+                    COUNTERS.pc_setups += 1
 
     def _all_solvers(self) -> list[SpeciesSolver]:
         return [s.solver for s in self.model.species] + list(self.model.motility)

@@ -34,7 +34,8 @@ from typing import Literal
 from .config.treatment import CellScale, HolidaySpec, Line, ModulationSpec, TreatmentSpec, detectable
 
 EventKind = Literal["line_start", "dose", "assessment", "progression", "switch", "sequencing",
-                    "cure", "stop", "pause", "resume", "modulation", "skip", "limit"]
+                    "cure", "stop", "pause", "resume", "modulation", "skip", "limit",
+                    "vessel_collapse"]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ class State:
     last accepted step (err_prev None after a restart); rejections, the steps redone so far;
     scales, each field's largest value so far (the scale of its absolute error floor) [its
     unit]. reports: the burden [µm^d], its cell count and the resistant fraction at each of
-    ``treatment.report_times`` reached.
+    ``treatment.report_times`` reached. vessels: the vessel
+    network's state, ``{"closed": [segments collapsed so far]}`` (empty while none has).
     """
 
     t: float = 0.0
@@ -56,6 +57,7 @@ class State:
     rejections: int = 0
     scales: dict[str, float] = field(default_factory=dict)
     reports: list[dict] = field(default_factory=list)
+    vessels: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION, **asdict(self)}, indent=1)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .spec import Spec, at
-from .units import Fraction, Length, Quantity
+from .units import Fraction, Length, Quantity, parse_quantity
 
 #: Discharge haematocrit of systemic blood (the fraction of its volume that is red cells), the default.
 HAEMATOCRIT = 0.45
@@ -39,10 +39,29 @@ class NetworkFileSpec(Spec):
     """A network read from ``.vtp``/``.vtk`` (polylines with a radius), ``.yaml`` or ``.csv``."""
 
     path: Path
-    scale: float = Field(1.0, gt=0, description="factor from the file's lengths to µm (VTK files "
-                         "carry no unit; tables are first converted from the units they declare)")
+    unit: str = Field("um", description="length unit of a VTK file's coordinates and radii "
+                           "(VTK carries none; a table declares its own units)")
     boundary: list[NodeCondition] = Field(default_factory=list, description="conditions for end "
                                           "nodes the file leaves without one")
+
+    @field_validator("unit")
+    @classmethod
+    def _length_unit(cls, value):
+        try:
+            ok = isinstance(value, str) and parse_quantity(f"1 {value}", "um", "um") > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{value!r} is not a length unit; write e.g. 'um' or 'mm'")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "scale" in data:
+            raise ValueError(at("vasculature.file.scale", "is now 'unit', the length unit of the file "
+                                "as for mesh files (e.g. unit: mm)"))
+        return data
 
 
 class GeneratedNetworkSpec(Spec):
@@ -88,6 +107,17 @@ class BloodSpec(Spec):
     plasma_viscosity: Quantity("mmHg*hour", "mPa*s", gt=0, description="plasma viscosity") = "1.2 mPa*s"
 
 
+class CollapseSpec(Spec):
+    """Vessels closed by solid stress where the cells are packed densely (Padera et al., Nature
+    427:695, 2004): a segment along which the total cell density exceeds ``threshold`` somewhere
+    closes and stays closed (checked at t = 0 and then at the assessments or every K steps); flow and delivery are recomputed (docs/model.md, "Vessel networks")."""
+
+    threshold: Fraction = Field(0.9, description="total cell density (volume fraction of the packing "
+                                "capacity) above which a vessel collapses")
+    every_steps: int | None = Field(None, ge=1, description="check at the start and every K time "
+                                    "steps; default: at the start and at the treatment's assessments")
+
+
 class VasculatureSpec(Spec):
     """A vessel network delivering the drugs, oxygen and immune cells through its walls."""
 
@@ -98,6 +128,8 @@ class VasculatureSpec(Spec):
                              "mesh for the unresolved radial resistance (r_eq = 0.3 h)")
     immune_recruitment: Quantity("um**2/hour", "um**2/hour", ge=0, description="immune effectors "
                                  "recruited per unit length of perfused vessel") = "0 um**2/hour"
+    collapse: CollapseSpec | None = Field(None, description="vessels collapsing under compression; "
+                                          "default: none collapse")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -2,7 +2,8 @@
 
 ParaView opens ``network.pvd`` (File → Open) as one time series of VTK PolyData beside
 ``fields.xdmf``: per segment the radius [µm], flow [nl/min], perfused flag, whether the
-generator made it a tumour vessel, and each species' mean plasma level in it [µM]; per node the
+generator made it a tumour vessel, whether it has collapsed under compression, and each
+species' mean plasma level in it [µM] (over the last step); per node the
 pressure [mmHg]. Written by rank 0 (the network is the same on every rank); each frame is a
 complete file before the collection lists it (replaced atomically), so a killed run leaves a
 readable series. Times in days, as in ``fields.xdmf``, so that ParaView steps both together.
@@ -45,6 +46,29 @@ class NetworkOutput:
         if self.comm.rank == 0:
             # in days, like the fields (t [hour] is exact in fields.xdmf's time_hours)
             self.series.write(t / 24.0, self.coupling.flow.pressure, self.coupling.segment_data())
+
+    def close(self, state) -> None:
+        pass
+
+
+class NetworkPictures:
+    """``snapshots/network_<day>.png`` at the snapshot times ``times`` [hour]: a slice of
+    ``field()`` (a P1 Function; ``label`` its name and unit) with the network coloured by flow
+    (:mod:`tme.outputs.network_picture`)."""
+
+    def __init__(self, out: Path, coupling, times, field, label: str, comm):
+        self.out, self.coupling, self.field, self.label, self.comm = Path(out), coupling, field, label, comm
+        self.milestones = tuple(times)
+        self._times = set(self.milestones)
+
+    def due(self, state) -> bool:
+        return state.t in self._times
+
+    def write(self, state, t: float) -> None:
+        from .network_picture import picture
+
+        picture(self.out / "snapshots" / f"network_{t / 24:06.2f}.png", self.field(), self.label,
+                self.coupling, t, self.comm)
 
     def close(self, state) -> None:
         pass

@@ -44,7 +44,7 @@ def build(spec: VasculatureSpec, msh, region_rules=()) -> Network:
         f = spec.file
 
         def make():
-            net = files.read(f.path, f.scale, key="vasculature.file.path")
+            net = files.read(f.path, f.unit, key="vasculature.file.path")
             return _end_conditions(net, f.boundary)
 
         return shared(comm, make)
@@ -110,10 +110,15 @@ class VascularCoupling:
     def __init__(self, net: Network, spec: VasculatureSpec, V: fem.FunctionSpace,
                  spacing: float | None = None):
         self.net, self.spec, self.V = net, spec, V
-        self.flow = blood.solve(net, spec.blood.haematocrit, spec.blood.plasma_viscosity)
+        self.closed = np.zeros(net.num_segments, bool)   # collapsed segments
+        self.flow = self._solve_flow()
         self.quad = locate(net, V, spacing, key="vasculature")
         self.alpha = ALPHA if spec.well_model else None
         self.species: dict[str, _Species] = {}
+
+    def _solve_flow(self) -> blood.Flow:
+        b = self.spec.blood
+        return blood.solve(self.net, b.haematocrit, b.plasma_viscosity, closed=self.closed)
 
     def add(self, name: str, permeability: float, diffusivity, inlet: Callable[[float, float], float]):
         """diffusivity [µm²/h]: a number, or a DG0 Function (e.g. hindered by the ECM), read in the
@@ -126,6 +131,42 @@ class VascularCoupling:
         src = LineSource(self.quad, permeability, diffusivity, self.alpha)
         tr = Transit(self.net, self.flow, src.conductance)
         self.species[name] = _Species(src, tr, inlet, src.B @ self.flow.perfused.astype(float))
+
+    # -- vessels that collapse ------------------------------------------------------------------
+    def density_along(self, n_tot: np.ndarray) -> np.ndarray:
+        """The largest cell density at the quadrature points of each segment (m,) [fraction]
+        (collective; −inf for a segment without points). n_tot: at the dofs, ghosts included."""
+        q = self.quad
+        local = np.full(self.net.num_segments, -np.inf)
+        if q.segment.size:
+            np.maximum.at(local, q.segment, np.einsum("pk,pk->p", q.basis, n_tot[q.dofs]))
+        out = np.empty_like(local)
+        q.comm.Allreduce(local, out, op=MPI.MAX)
+        return out
+
+    def compress(self, n_tot: np.ndarray, threshold: float) -> np.ndarray:
+        """Close every open segment along which the cell density exceeds ``threshold``
+        somewhere (collective); returns the segments closed now (indices, ascending)."""
+        new = np.flatnonzero(~self.closed & (self.density_along(n_tot) > threshold))
+        if new.size:
+            closed = self.closed.copy()
+            closed[new] = True
+            self.close(closed)
+        return new
+
+    def close(self, closed: np.ndarray) -> None:
+        """Set the collapsed segments to ``closed`` (m,) bool: the flow is solved again, and each
+        species' transit and diagonal follow (the quadrature and the line sources stay)."""
+        self.closed = np.asarray(closed, bool).copy()
+        self.flow = self._solve_flow()
+        on = self.flow.perfused.astype(float)
+        for s in self.species.values():
+            s.transit = Transit(self.net, self.flow, s.source.conductance)
+            s.diagonal = s.source.B @ on
+
+    def diagonal(self, name: str) -> np.ndarray:
+        """The line source's diagonal of species ``name`` [µm³/h] (owned dofs)."""
+        return self.species[name].diagonal
 
     def exchange(self, name: str, c: np.ndarray, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
         """The nodal exchange of species ``name`` for the step t0 → t1; c its current field (the
@@ -155,12 +196,13 @@ class VascularCoupling:
         return self.flow.perfused_fraction(self.net)
 
     def segment_data(self) -> dict[str, np.ndarray]:
-        """Per-segment arrays for output: radius [µm], flow [nl/min], perfused, tumour, and each
+        """Per-segment arrays for output: radius [µm], flow [nl/min], perfused, tumour, collapsed, and each
         species' mean plasma level [µM] (NaN before its first step)."""
         from .network import NL_PER_MIN
 
         out = {"radius": self.net.radius, "flow": self.flow.flow / NL_PER_MIN,
-               "perfused": self.flow.perfused.astype(np.uint8), "tumour": self.net.tumour.astype(np.uint8)}
+               "perfused": self.flow.perfused.astype(np.uint8), "tumour": self.net.tumour.astype(np.uint8),
+               "collapsed": self.closed.astype(np.uint8)}
         for name, s in self.species.items():
             out[f"plasma_{name}"] = s.levels.mean if s.levels is not None else np.full(self.net.num_segments, np.nan)
         return out

@@ -17,8 +17,9 @@ Read:
 - ``.csv``: one segment per row, columns ``x0 y0 z0 x1 y1 z1 radius`` with units in the header
   (``x0 [um]``; µm when a column has none) and optional ``p0``/``p1`` [mmHg] at the two ends.
 
-Coordinates are multiplied by ``scale`` after unit conversion (e.g. to move a network into the
-mesh's frame). Every failure is a ScenarioError naming the file. Units inside: µm, mmHg, µm³/h.
+A VTK file carries no unit: its coordinates and radii are in ``unit`` (µm unless said, as for
+mesh files); a table declares its own. Every failure is a ScenarioError naming the file. Units
+inside: µm, mmHg, µm³/h.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from .network import NL_PER_MIN, Network
 SUFFIXES = (".vtp", ".vtk", ".yaml", ".yml", ".csv")
 
 
-def read(path: str | Path, scale: float = 1.0, key: str = "vasculature.file") -> Network:
-    """The network in ``path`` (µm, mmHg, µm³/h)."""
+def read(path: str | Path, unit: str = "um", key: str = "vasculature.file") -> Network:
+    """The network in ``path`` (µm, mmHg, µm³/h); ``unit``: the length unit of a VTK file."""
     path = Path(path)
     where = f"{key}: {path}"
     if not path.is_file():
@@ -46,6 +47,11 @@ def read(path: str | Path, scale: float = 1.0, key: str = "vasculature.file") ->
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ScenarioError(f"{where}: unknown network format '{suffix}'; use one of {', '.join(SUFFIXES)}")
+    scale = parse_quantity(f"1 {unit}", "um", "um")
+    if suffix not in (".vtp", ".vtk") and scale != 1.0:
+        raise ScenarioError(f"{key.rsplit('.', 1)[0]}.unit: {path.name} is a table, which declares its own "
+                            f"units (units: {{length: ...}} or column headers such as 'x0 [mm]'); unit is "
+                            f"for VTK files")
     try:
         if suffix in (".vtp", ".vtk"):
             nodes, segs, radius, pressure, inflow = _read_vtk(path, where)

@@ -9,7 +9,8 @@ fit restated in Pries & Secomb, Am. J. Physiol. 289:H2657, 2005), which includes
 endothelial surface layer, unlike their in-vitro law of 1992 (Am. J. Physiol. 263:H1770).
 Mass conservation at every node without a pressure condition, Σ_j G_ij (p_i − p_j) = inflow_i,
 is a graph-Laplacian system solved with a sparse direct solver (SuperLU). Parts of the network
-connected to no pressure node carry no flow.
+connected to no pressure node carry no flow, and so do segments ``closed`` (collapsed vessels:
+no conductance).
 
 Units: pressure mmHg, flow µm³/h, lengths µm, viscosity mmHg·h (so G is in µm³/(h·mmHg)).
 """
@@ -80,14 +81,17 @@ class Flow:
 
 
 def solve(net: Network, haematocrit=HAEMATOCRIT, plasma_viscosity=PLASMA_VISCOSITY,
-          threshold: float = 1e-6) -> Flow:
+          threshold: float = 1e-6, closed: np.ndarray | None = None) -> Flow:
     """Pressures and flows of ``net`` (see the module docstring).
 
     A segment is unperfused when |Q| ≤ threshold · max |Q|: dead ends and parts without a
-    pressure node carry no flow (exactly zero up to round-off).
+    pressure node carry no flow (exactly zero up to round-off). ``closed`` (m,) bool: segments
+    taken out of the network (collapsed); they carry exactly no flow and their conductance is 0.
     """
     n, m = net.num_nodes, net.num_segments
     G = conductance(net, haematocrit, plasma_viscosity)
+    open_ = np.ones(m, bool) if closed is None else ~np.asarray(closed, bool).reshape(m)
+    G = np.where(open_, G, 0.0)
     i, j = net.segments[:, 0], net.segments[:, 1]
     # incidence A (m × n): +1 at the upstream end, −1 at the downstream end; Laplacian AᵀGA
     A = sp.csr_matrix((np.r_[np.ones(m), -np.ones(m)], (np.r_[np.arange(m), np.arange(m)], np.r_[i, j])),
@@ -96,11 +100,13 @@ def solve(net: Network, haematocrit=HAEMATOCRIT, plasma_viscosity=PLASMA_VISCOSI
     fixed = np.isfinite(net.pressure)
     injected = np.nan_to_num(net.inflow)
 
-    _, comp = csgraph.connected_components(sp.csr_matrix((np.ones(m), (i, j)), shape=(n, n)), directed=False)
+    k = int(open_.sum())
+    _, comp = csgraph.connected_components(sp.csr_matrix((np.ones(k), (i[open_], j[open_])), shape=(n, n)),
+                                           directed=False)
     has_pressure = np.bincount(comp, weights=fixed, minlength=comp.max() + 1) > 0
     has_flow = np.bincount(comp, weights=np.isfinite(net.inflow), minlength=comp.max() + 1) > 0
     bad = has_flow & ~has_pressure
-    if bad.any():
+    if bad.any() and open_.all():  # (collapsed vessels may cut an inflow off: it is then blocked)
         node = int(np.flatnonzero((comp == np.flatnonzero(bad)[0]) & np.isfinite(net.inflow))[0])
         raise ScenarioError(f"{net.source}: node {node} has a boundary flow but its part of the network "
                             f"has no pressure node; give at least one node of it a pressure")
@@ -115,7 +121,7 @@ def solve(net: Network, haematocrit=HAEMATOCRIT, plasma_viscosity=PLASMA_VISCOSI
                   options={"SymmetricMode": True})
         p[free] = lu.solve(rhs)
     Q = np.zeros(m)
-    live = active[i]  # a segment's two ends lie in the same part
+    live = active[i] & open_  # an open segment's two ends lie in the same part
     Q[live] = G[live] * (p[i[live]] - p[j[live]])
     qmax = np.abs(Q).max() if m else 0.0
     perfused = np.abs(Q) > threshold * qmax if qmax > 0 else np.zeros(m, bool)

@@ -1,6 +1,7 @@
 """Vessel networks: flow, transit and the line source against closed forms; generator; files."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,6 +186,33 @@ def test_network_files_round_trip(tmp_path, small_net, suffix):
     path = tmp_path / f"net{suffix}"
     (files.write_vtp if suffix == ".vtp" else files.write_table)(path, small_net)
     _same(small_net, files.read(path))
+
+
+def test_vtk_lengths_in_the_declared_unit_and_the_old_scale_key_refused(tmp_path, small_net):
+    from pydantic import ValidationError
+
+    from tme.config.spec import located
+    from tme.config.vasculature import VasculatureSpec
+
+    # a VTK file written in mm
+    import pyvista
+
+    segs = small_net.segments
+    poly = pyvista.PolyData(small_net.nodes / 1000.0, lines=np.column_stack([np.full(len(segs), 2), segs]).ravel())
+    poly.cell_data["radius"] = small_net.radius / 1000.0
+    poly.save(tmp_path / "mm.vtp")
+    back = files.read(tmp_path / "mm.vtp", "mm")
+    assert np.allclose(np.sort(back.radius), np.sort(small_net.radius), rtol=1e-12)
+    assert np.allclose(np.sort(back.nodes, axis=0), np.sort(small_net.nodes, axis=0), rtol=1e-12)
+    files.write_table(tmp_path / "t.yaml", small_net)
+    with pytest.raises(ScenarioError, match=r"vasculature.file.unit: t.yaml is a table, which declares its own"):
+        files.read(tmp_path / "t.yaml", "mm", key="vasculature.file.path")
+    assert VasculatureSpec.model_validate({"file": {"path": "a.vtp", "unit": "mm"}}).file.unit == "mm"
+    with pytest.raises(ValidationError) as exc:
+        VasculatureSpec.model_validate({"file": {"path": "a.vtp", "scale": 1000}})
+    assert located(exc.value.errors()[0]["msg"]).startswith("vasculature.file.scale: is now 'unit'")
+    with pytest.raises(ValidationError, match="not a length unit"):
+        VasculatureSpec.model_validate({"file": {"path": "a.vtp", "unit": "mmHg"}})
 
 
 def test_vtk_polylines_with_point_radius_and_csv_table(tmp_path):
@@ -420,3 +448,100 @@ def test_network_series_opens_in_paraview(tmp_path):
     assert info["times"] == [0.0, 24.0] and info["cells"] == net.num_segments
     assert {"radius", "flow", "perfused", "plasma_doxorubicin"} <= set(info["cell"])
     assert "pressure" in info["point"] and info["plasma"] == [24.0, 24.0]
+
+
+# --------------------------------------------------------------------------------------------
+# vessels that collapse under compression
+
+
+@pytest.mark.mpi
+def test_segments_through_a_dense_region_collapse_and_the_flow_follows_a_hand_solve(comm):
+    """Two parallel branches between a feeder and a drain; the upper one runs into a region
+    packed with cells (density 1 where y > 130 µm, 0.5 elsewhere) and collapses at threshold
+    0.9: its flow is exactly zero, the rest carries Δp over the series resistance of feeder,
+    lower branch and drain; the diagonal and the right-hand side lose the closed segments."""
+    from dolfinx import fem
+    from mpi4py import MPI
+
+    from tme.config.vasculature import VasculatureSpec
+    from tme.vasculature.coupling import VascularCoupling
+
+    dom = _box(comm, n=8, size=200.0)
+    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+    nodes = [[10, 100, 100], [50, 100, 100], [150, 100, 100], [190, 100, 100], [100, 160, 100], [100, 40, 100]]
+    segs = [[0, 1], [1, 4], [4, 2], [1, 5], [5, 2], [2, 3]]
+    radius = [6.0, 4.0, 4.0, 4.0, 4.0, 6.0]
+    p_in, p_out = 40.0, 15.0
+    pressure = [p_in, np.nan, np.nan, p_out, np.nan, np.nan]
+    net = Network(nodes, segs, radius, pressure=pressure)
+    spec = VasculatureSpec.model_validate({"file": {"path": "unused.yaml"}, "collapse": {"threshold": 0.9}})
+    vc = VascularCoupling(net, spec, V)
+    vc.add("drug", 3600.0, 57600.0, lambda t0, t1: 2.0)
+    G = flow.conductance(net, spec.blood.haematocrit, spec.blood.plasma_viscosity)
+    series = lambda *g: 1.0 / sum(1.0 / x for x in g)  # noqa: E731
+    # open: the two branches in parallel
+    up, low = series(G[1], G[2]), series(G[3], G[4])
+    Q = (p_in - p_out) * series(G[0], up + low, G[5])
+    expected = np.array([Q, Q * up / (up + low), Q * up / (up + low), Q * low / (up + low), Q * low / (up + low), Q])
+    assert np.allclose(vc.flow.flow, expected, rtol=1e-10, atol=0)
+    d_open = vc.diagonal("drug").copy()
+    B = vc.species["drug"].source.B
+
+    n_tot = fem.Function(V)
+    n_tot.interpolate(lambda x: np.where(x[1] > 130.0, 1.0, 0.5))
+    along = vc.density_along(n_tot.x.array)
+    assert np.allclose(along, [0.5, 1.0, 1.0, 0.5, 0.5, 0.5])
+    closed = vc.compress(n_tot.x.array, spec.collapse.threshold)
+    assert closed.tolist() == [1, 2] and vc.closed.tolist() == [False, True, True, False, False, False]
+    Q = (p_in - p_out) * series(G[0], G[3], G[4], G[5])
+    assert vc.flow.flow[1] == 0.0 and vc.flow.flow[2] == 0.0
+    assert np.allclose(vc.flow.flow[[0, 3, 4, 5]], Q, rtol=1e-10, atol=0)
+    assert vc.flow.perfused.tolist() == [True, False, False, True, True, True]
+    assert flow.junction_imbalance(net, vc.flow) < 1e-12
+    assert vc.perfused_fraction() == pytest.approx(1.0 - net.lengths[1:3].sum() / net.lengths.sum(), rel=1e-12)
+    # the diagonal lost exactly the closed segments' columns; what the tissue gains is what the
+    # open segments' plasma loses, the closed ones add nothing
+    assert np.allclose(vc.diagonal("drug"), d_open - np.asarray(B[:, [1, 2]].sum(axis=1)).ravel(), rtol=1e-12,
+                       atol=1e-12 * max(1.0, comm.allreduce(float(np.abs(d_open).max(initial=0)), op=MPI.MAX)))
+    c = np.zeros(V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts)
+    d, b = vc.exchange("drug", c, 0.0, 1.0)
+    s = vc.species["drug"]
+    delivered = s.transit.delivered(s.levels)
+    assert delivered[1] == 0.0 and delivered[2] == 0.0 and delivered[0] > 0
+    assert comm.allreduce(float(b.sum()), op=MPI.SUM) == pytest.approx(float(delivered.sum()), rel=1e-10)
+    assert vc.segment_data()["collapsed"].tolist() == [0, 1, 1, 0, 0, 0]
+    # closing is for good, and a second look finds nothing new
+    assert vc.compress(n_tot.x.array, spec.collapse.threshold).size == 0
+    n_tot.x.array[:] = 0.0
+    assert vc.compress(n_tot.x.array, spec.collapse.threshold).size == 0 and vc.closed.sum() == 2
+
+
+@pytest.mark.mpi
+def test_network_picture_has_its_size_and_is_not_blank(comm, tmp_path_factory):
+    from dolfinx import fem
+
+    from tme.config.vasculature import VasculatureSpec
+    from tme.outputs.network_picture import WINDOW, picture
+    from tme.vasculature.coupling import VascularCoupling
+
+    dom = _box(comm, n=6, size=400.0)
+    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+    net = generate(GeneratorParams(lower=(0, 0, 0), upper=(400.0, 400.0, 400.0), seed=3, spacing=100.0,
+                                   feeder_spacing=150.0))
+    vc = VascularCoupling(net, VasculatureSpec.model_validate({"file": {"path": "unused.vtp"}}), V)
+    c = fem.Function(V, name="drug")
+    c.interpolate(lambda x: x[0] / 400.0)
+    out = comm.bcast(str(tmp_path_factory.mktemp("picture")) if comm.rank == 0 else None, root=0)
+    path = Path(out) / "network_001.00.png"
+    picture(path, c, "drug [µM]", vc, 24.0, comm)
+    comm.barrier()
+    if comm.rank == 0:
+        from PIL import Image
+
+        img = np.asarray(Image.open(path).convert("RGB")).astype(float)
+        assert img.shape == (WINDOW[1], WINDOW[0], 3)
+        # not blank: many colours (the field's and the flow's colour maps) and a real spread
+        colours = np.unique(img.reshape(-1, 3), axis=0)
+        assert len(colours) > 200 and img.std() > 20.0
+        white = np.all(img > 250, axis=2).mean()
+        assert 0.2 < white < 0.95       # a white background around the block

@@ -38,7 +38,7 @@ FULL = {
     "time": {"end": "10 day"},
     "numerics": {},
     "output": {"snapshots": {}, "checkpoint": {}},
-    "vasculature": {"generate": {}, "blood": {}},
+    "vasculature": {"generate": {}, "blood": {}, "collapse": {}},
 }
 
 MESHES = [
