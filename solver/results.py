@@ -300,7 +300,9 @@ class _FieldIndex:
 
     @property
     def times(self) -> list[float]:
-        return [float(g.find("Time").get("Value")) for g in self._load()]
+        """The output times [hour]: each frame's exact ``time_hours`` (the index's own times
+        are in days, for ParaView)."""
+        return [float(g.find("Information[@Name='time_hours']").get("Value")) for g in self._load()]
 
     @property
     def dim(self) -> int | None:
@@ -310,7 +312,8 @@ class _FieldIndex:
     @property
     def names(self) -> list[str]:
         grids = self._load()
-        return [a.get("Name") for a in grids[0].findall("Attribute")] if grids else []
+        # the fields at the nodes and cells (the Grid-centred attributes name the region tags)
+        return [a.get("Name") for a in grids[0].findall("Attribute") if a.get("Center") != "Grid"] if grids else []
 
     def _dataset(self, item) -> np.ndarray:
         import h5py
