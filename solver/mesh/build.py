@@ -42,6 +42,7 @@ import dolfinx.la
 import ufl
 from dolfinx import mesh as dmesh
 
+from .. import compat
 from ..config.scenario import BuiltinMesh, FileMesh, KroghMesh, RegionRule, SliceMesh, SpheroidMesh
 from ..config.spec import ScenarioError
 
@@ -592,8 +593,6 @@ def _group_names(pairs: Sequence[tuple[str, int]]) -> dict[str, tuple[int, ...]]
 
 def _from_gmsh(comm, make: Callable[[], None], source: Path | None = None) -> _Raw:
     """Run ``make`` in a gmsh model on rank 0 and distribute the mesh with its physical groups."""
-    from dolfinx.io import gmshio
-
     header: dict = {}
     failure = None
     if comm.rank == 0:
@@ -622,13 +621,13 @@ def _from_gmsh(comm, make: Callable[[], None], source: Path | None = None) -> _R
                 raise failure
             if "error" in header:
                 raise ScenarioError(header["error"])
-            msh, ct, ft = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=header["gdim"],
+            msh, ct, ft = compat.model_to_mesh(gmsh.model, comm, 0, gdim=header["gdim"],
                                                partitioner=_partitioner())
     else:
         header = comm.bcast(None, root=0)
         if "error" in header:
             raise ScenarioError(header["error"])
-        msh, ct, ft = gmshio.model_to_mesh(None, comm, 0, gdim=header["gdim"], partitioner=_partitioner())
+        msh, ct, ft = compat.model_to_mesh(None, comm, 0, gdim=header["gdim"], partitioner=_partitioner())
     tdim = header["tdim"]
     regions = _group_names([(n, g) for d, n, g in header["groups"] if d == tdim])
     facets = _group_names([(n, g) for d, n, g in header["groups"] if d == tdim - 1])
@@ -714,7 +713,7 @@ def _from_meshio(comm, path: Path) -> _Raw:
                     facet_values=np.empty(0, np.int32))
     cell = "triangle" if tdim == 2 else "tetrahedron"
     element = ufl.Mesh(basix.ufl.element("Lagrange", cell, 1, shape=(gdim,)))
-    msh = dmesh.create_mesh(comm, data["cells"], data["x"], element, _partitioner())
+    msh = compat.create_mesh(comm, data["cells"], data["x"], element, _partitioner())
     msh.topology.create_connectivity(tdim, 0)
     ct = None
     if header["cell_values"]:
