@@ -6,12 +6,16 @@ message) for any other; every module of tme that uses DOLFINx imports it first. 
 signature or place changed between those releases are made here, and only here:
 
 - ``dolfinx.io.gmshio`` became ``dolfinx.io.gmsh`` in 0.10, and its ``model_to_mesh`` returns a
-  ``MeshData`` (named fields) instead of a ``(mesh, cell_tags, facet_tags)`` tuple:
-  :func:`model_to_mesh`;
+  ``MeshData`` (named fields, ``None`` for a dimension without physical groups) instead of a
+  ``(mesh, cell_tags, facet_tags)`` tuple: :func:`model_to_mesh`;
 - ``dolfinx.mesh.create_mesh(comm, cells, x, element)`` became ``(comm, cells, element, x)`` in
   0.10: :func:`create_mesh`;
 - ``dolfinx.fem.petsc.assemble_matrix``'s ``diagonal=`` became ``diag=`` in 0.10:
-  :func:`assemble_matrix`.
+  :func:`assemble_matrix`;
+- ``dolfinx.mesh.create_cell_partitioner`` takes the bound on cells per facet from 0.10 on:
+  :func:`cell_partitioner`;
+- ``FiniteElement.interpolation_points`` is a property from 0.10 on: :func:`interpolation_points`;
+- 0.11 deprecates ``Geometry.dofmap`` for ``Geometry.dofmaps[0]``: :func:`geometry_dofmap`.
 
 Everything else tme calls is the same in the three releases.
 """
@@ -63,10 +67,21 @@ def model_to_mesh(model, comm, rank: int, gdim: int, partitioner=None):
         from dolfinx.io import gmsh as gmshio
 
         data = gmshio.model_to_mesh(model, comm, rank, gdim=gdim, partitioner=partitioner)
-        return data.mesh, data.cell_tags, data.facet_tags
+        # a model without groups of that dimension gives None (0.9: empty tags)
+        msh, tdim = data.mesh, data.mesh.topology.dim
+        return msh, _tags_or_empty(msh, tdim, data.cell_tags), _tags_or_empty(msh, tdim - 1, data.facet_tags)
     from dolfinx.io import gmshio
 
     return gmshio.model_to_mesh(model, comm, rank, gdim=gdim, partitioner=partitioner)
+
+
+def _tags_or_empty(msh, dim: int, tags):
+    import numpy as np
+    from dolfinx import mesh
+
+    if tags is not None:
+        return tags
+    return mesh.meshtags(msh, dim, np.empty(0, np.int32), np.empty(0, np.int32))
 
 
 def create_mesh(comm, cells, x, element, partitioner=None):
@@ -85,3 +100,28 @@ def assemble_matrix(form, bcs=(), diagonal: float = 1.0):
     if NEW_API:
         return petsc.assemble_matrix(form, bcs=list(bcs), diag=diagonal)
     return petsc.assemble_matrix(form, bcs=list(bcs), diagonal=diagonal)
+
+
+def cell_partitioner(mode):
+    """The default cell partitioner with ghost mode ``mode`` (0.10 added the bound on cells per
+    facet: 2, as for any mesh tme builds)."""
+    from dolfinx import mesh
+
+    if NEW_API:
+        return mesh.create_cell_partitioner(mode, 2)
+    return mesh.create_cell_partitioner(mode)
+
+
+def geometry_dofmap(msh):
+    """The cell -> geometry node array of a single-cell-type mesh (0.11 deprecates
+    ``geometry.dofmap`` for ``geometry.dofmaps[0]``)."""
+    if VERSION >= (0, 11):
+        return msh.geometry.dofmaps[0]
+    return msh.geometry.dofmap
+
+
+def interpolation_points(V):
+    """The reference points at which an expression is evaluated to interpolate into ``V`` (a
+    method of the element up to 0.9, a property from 0.10 on)."""
+    points = V.element.interpolation_points
+    return points if NEW_API else points()

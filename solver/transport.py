@@ -290,7 +290,7 @@ class SpeciesSolver:
         else:  # a UFL expression: its peak over the cells, through a DG0 projection by interpolation
             W = fem.functionspace(self.mesh, ("DG", 0))
             f = fem.Function(W)
-            f.interpolate(fem.Expression(D, W.element.interpolation_points()))
+            f.interpolate(fem.Expression(D, compat.interpolation_points(W)))
             local = float(np.max(f.x.array)) if f.x.array.size else 0.0
         return self.comm.allreduce(local, op=MPI.MAX)
 

@@ -36,7 +36,7 @@ import numpy as np
 from mpi4py import MPI
 
 import basix.ufl
-import dolfinx.cpp
+import dolfinx.graph
 import dolfinx.io
 import dolfinx.la
 import ufl
@@ -314,7 +314,7 @@ class _Raw:
 
 def _partitioner():
     # the same ghost layer as DOLFINx's built-in meshes, so every kind behaves alike in parallel
-    return dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet)
+    return compat.cell_partitioner(dmesh.GhostMode.shared_facet)
 
 
 def _builtin(spec: BuiltinMesh, comm) -> _Raw:
@@ -732,7 +732,8 @@ def _from_meshio(comm, path: Path) -> _Raw:
 
 def _distributed_tags(msh, dim, entities, values) -> dmesh.MeshTags:
     local, vals = dolfinx.io.distribute_entity_data(msh, dim, entities, values)
-    adj = dolfinx.cpp.graph.AdjacencyList_int32(np.asarray(local, dtype=np.int32))
+    # the adjacency list of the running release (a wrapper of the C++ one from 0.10 on)
+    adj = dolfinx.graph.adjacencylist(np.asarray(local, dtype=np.int32))
     return dmesh.meshtags_from_entities(msh, dim, adj, np.asarray(vals, dtype=np.int32))
 
 

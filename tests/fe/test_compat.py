@@ -98,7 +98,7 @@ def test_create_mesh_keeps_cells_and_coordinates(comm):
         x, cells = np.empty((0, 2)), np.empty((0, 3), dtype=np.int64)
     element = ufl.Mesh(basix.ufl.element("Lagrange", "triangle", 1, shape=(2,)))
     msh = compat.create_mesh(comm, cells, x, element,
-                             dolfinx.mesh.create_cell_partitioner(dolfinx.mesh.GhostMode.none))
+                             compat.cell_partitioner(dolfinx.mesh.GhostMode.none))
     assert msh.topology.index_map(2).size_global == 2
     assert msh.geometry.x.shape[1] == 3
     pts = comm.allgather(msh.geometry.x[:, :2])
