@@ -50,6 +50,9 @@ packages() {
     }
 }
 
+# the last apt/debootstrap error line of a log (E: ...), for the one-line reason of a failure
+error_line() { grep -E '^E: ' "$1" | tail -1 | cut -c4- || true; }
+
 env_key() { packages | sha256sum | cut -c1-16; }
 
 native_dolfinx() {
@@ -81,13 +84,13 @@ build_root() {
     say "building the Debian $SUITE environment in $final (one time, about 5 minutes)"
     say "step 1/2: debootstrap --variant=minbase $SUITE"
     debootstrap --variant=minbase "$SUITE" "$tmp/root" "$MIRROR" > "$tmp/debootstrap.log" 2>&1 \
-        || { tail -20 "$tmp/debootstrap.log" >&2; rm -rf "$tmp"; die "debootstrap failed (log above)"; }
+        || { tail -20 "$tmp/debootstrap.log" >&2; why="$(error_line "$tmp/debootstrap.log")"; rm -rf "$tmp"; die "debootstrap of Debian $SUITE from $MIRROR failed${why:+: $why}"; }
     say "step 2/2: apt-get install of $(packages | wc -l) packages from docker/apt-packages.txt$([ -f "$OVERRIDE" ] && echo " and apt-packages-$SUITE.txt")"
     # shellcheck disable=SC2046
     run_in "$tmp/root" /bin/sh -c "apt-get $APT_OPTS update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(packages | tr '\n' ' ') && apt-get clean" \
         2>&1 | tee "$tmp/apt.log" | grep --line-buffered -E '^(Get:[0-9]*0 |Setting up python3-dolfinx|Setting up paraview|E:)' | sed -u 's/^/[tme-env]   /' >&2 || true
     if ! run_in "$tmp/root" python3 -c 'import dolfinx, pyvista, gmsh, pydantic, pint' >/dev/null 2>&1; then
-        tail -20 "$tmp/apt.log" >&2; rm -rf "$tmp"; die "package installation failed (log above)"
+        tail -20 "$tmp/apt.log" >&2; why="$(error_line "$tmp/apt.log")"; rm -rf "$tmp"; die "package installation in Debian $SUITE failed${why:+: $why}"
     fi
     packages > "$tmp/root/.tme-apt-packages.txt"
     mv "$tmp/root" "$final"
