@@ -36,6 +36,10 @@ OVERRIDE="$REPO/docker/apt-packages-$SUITE.txt"
 # sid's Release file is valid for a week only: a mirror or snapshot a little behind would stop apt
 APT_OPTS=""
 [ "$SUITE" = sid ] && APT_OPTS="-o Acquire::Check-Valid-Until=false"
+# the PRRTE variable that lets mpirun start more ranks than cores (renamed in sid's PRRTE 5,
+# which warns about the old name on every mpirun)
+PRTE_MAP=PRTE_MCA_rmaps_default_mapping_policy
+[ "$SUITE" = sid ] && PRTE_MAP=PRTE_MCA_mapby
 
 say() { printf '[tme-env] %s\n' "$*" >&2; }
 die() { printf '[tme-env] error: %s\n' "$*" >&2; exit 1; }
@@ -117,15 +121,15 @@ cp /etc/resolv.conf "$r/etc/resolv.conf" 2>/dev/null || true
 mkdir -p "$r$repo" && mount --bind "$repo" "$r$repo"
 shared="$(dirname "$repo")/shared"
 if [ -d "$shared" ]; then mkdir -p "$r$shared" && mount --bind "$shared" "$r$shared"; fi
-exec chroot "$r" /usr/bin/env -u PYTHONHOME -u VIRTUAL_ENV \
+exec chroot "$r" /usr/bin/env -u PYTHONHOME -u VIRTUAL_ENV -u prte_map \
     PATH="$repo/scripts/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     HOME=/root LANG=C.UTF-8 \
     PYTHONPATH="$repo/scripts/pythonpath${PYTHONPATH:+:$PYTHONPATH}" \
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-    OMPI_MCA_rmaps_base_oversubscribe=1 PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe \
+    OMPI_MCA_rmaps_base_oversubscribe=1 "$prte_map=:oversubscribe" \
     OMPI_MCA_btl=self,sm \
     /bin/sh -c "cd \"\$0\" 2>/dev/null || cd \"$repo\"; exec \"\$@\"" "$PWD" "$@"'
-    PYTHONPATH="${PYTHONPATH:-}" unshare --mount --propagation private /bin/bash -c "$inner" _ "$root" "$REPO" "$@"
+    PYTHONPATH="${PYTHONPATH:-}" prte_map="$PRTE_MAP" unshare --mount --propagation private /bin/bash -c "$inner" _ "$root" "$REPO" "$@"
 }
 
 ensure() {
