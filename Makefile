@@ -1,10 +1,20 @@
 # The two commands of the README, and the environment they run in.
 #   make demo   run configs/default.yaml into results/default/
 #   make test   the whole test suite: the pure tests with DOLFINx blocked, the finite-element and
-#               scenario tests, then the MPI-marked tests on 2 ranks
+#               scenario tests, then the MPI-marked tests on 2 ranks (DOLFINX=latest: on the
+#               newest DOLFINx)
 .PHONY: demo test test-pure test-serial test-mpi env verify bench clean
 
 ENV := scripts/env-exec
+# DOLFINX=latest runs every target in the Debian sid root (the newest DOLFINx packaged, 0.11 when
+# written) instead of the default environment (Debian trixie: DOLFINx 0.9, or a python3 that
+# already imports dolfinx), e.g. `make test DOLFINX=latest`
+DOLFINX ?=
+ifeq ($(DOLFINX),latest)
+export TME_ENV := sid
+else ifneq ($(DOLFINX),)
+$(error DOLFINX=$(DOLFINX) is not a lane: leave it unset (DOLFINx 0.9) or say DOLFINX=latest)
+endif
 NP ?= 2
 # the demo's 1525 dofs per field took 9 s on 1 rank and 17 s on 2 (docs/performance.md): far
 # below the size where a second rank pays, so it runs on one

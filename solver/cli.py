@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         if comm.rank == 0:
             print(f"tme: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except ImportError as exc:
+        # DOLFINx missing or of a release tme does not run on (tme.compat): the same on every rank
+        if exc.name != "dolfinx":
+            raise
+        if comm.rank == 0:
+            print(f"tme: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except (OSError, MemoryError) as exc:
         # a full disk, an unwritable file, memory exhausted: may strike one rank only, unless the
         # writer already raised it on every rank

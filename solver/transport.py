@@ -36,6 +36,7 @@ from dolfinx.fem import petsc as fem_petsc
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from . import compat
 from .config.spec import BoundaryValue
 
 #: Time schemes of a transport step: backward Euler (first order, positive) and TR-BDF2 (second
@@ -185,7 +186,7 @@ class SpeciesSolver:
 
         # Stiffness matrix: the only matrix ever assembled for this species.
         k_form = compile_form(ufl.inner(model.diffusivity * ufl.grad(u), ufl.grad(v)) * dx)
-        self.A = fem_petsc.assemble_matrix(k_form, bcs=self.bcs)
+        self.A = compat.assemble_matrix(k_form, bcs=self.bcs)
         self.A.assemble()
         COUNTERS.matrix_assemblies += 1
         self.K_diag = self.A.getDiagonal()
@@ -243,7 +244,7 @@ class SpeciesSolver:
         self.M = None
         if not lumped:
             m_form = compile_form(u * v * dx)
-            self.M = fem_petsc.assemble_matrix(m_form, bcs=self.bcs, diagonal=0.0)
+            self.M = compat.assemble_matrix(m_form, bcs=self.bcs, diagonal=0.0)
             self.M.assemble()
             COUNTERS.matrix_assemblies += 1
             self.K = self.A.copy()
@@ -252,7 +253,7 @@ class SpeciesSolver:
             # M_full (c_old - g_new on those dofs)/dt lifts a boundary value that changes in time
             self.M_rhs = self.M
             if self.bcs:
-                self.M_rhs = fem_petsc.assemble_matrix(m_form)
+                self.M_rhs = compat.assemble_matrix(m_form)
                 self.M_rhs.assemble()
                 COUNTERS.matrix_assemblies += 1
 
@@ -292,7 +293,7 @@ class SpeciesSolver:
         else:  # a UFL expression: its peak over the cells, through a DG0 projection by interpolation
             W = fem.functionspace(self.mesh, ("DG", 0))
             f = fem.Function(W)
-            f.interpolate(fem.Expression(D, W.element.interpolation_points()))
+            f.interpolate(fem.Expression(D, compat.interpolation_points(W)))
             local = float(np.max(f.x.array)) if f.x.array.size else 0.0
         return self.comm.allreduce(local, op=MPI.MAX)
 

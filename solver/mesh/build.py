@@ -36,12 +36,13 @@ import numpy as np
 from mpi4py import MPI
 
 import basix.ufl
-import dolfinx.cpp
+import dolfinx.graph
 import dolfinx.io
 import dolfinx.la
 import ufl
 from dolfinx import mesh as dmesh
 
+from .. import compat
 from ..config.scenario import BuiltinMesh, FileMesh, KroghMesh, RegionRule, SliceMesh, SpheroidMesh
 from ..config.spec import ScenarioError
 
@@ -313,7 +314,7 @@ class _Raw:
 
 def _partitioner():
     # the same ghost layer as DOLFINx's built-in meshes, so every kind behaves alike in parallel
-    return dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet)
+    return compat.cell_partitioner(dmesh.GhostMode.shared_facet)
 
 
 def _builtin(spec: BuiltinMesh, comm) -> _Raw:
@@ -592,8 +593,6 @@ def _group_names(pairs: Sequence[tuple[str, int]]) -> dict[str, tuple[int, ...]]
 
 def _from_gmsh(comm, make: Callable[[], None], source: Path | None = None) -> _Raw:
     """Run ``make`` in a gmsh model on rank 0 and distribute the mesh with its physical groups."""
-    from dolfinx.io import gmshio
-
     header: dict = {}
     failure = None
     if comm.rank == 0:
@@ -622,13 +621,13 @@ def _from_gmsh(comm, make: Callable[[], None], source: Path | None = None) -> _R
                 raise failure
             if "error" in header:
                 raise ScenarioError(header["error"])
-            msh, ct, ft = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=header["gdim"],
+            msh, ct, ft = compat.model_to_mesh(gmsh.model, comm, 0, gdim=header["gdim"],
                                                partitioner=_partitioner())
     else:
         header = comm.bcast(None, root=0)
         if "error" in header:
             raise ScenarioError(header["error"])
-        msh, ct, ft = gmshio.model_to_mesh(None, comm, 0, gdim=header["gdim"], partitioner=_partitioner())
+        msh, ct, ft = compat.model_to_mesh(None, comm, 0, gdim=header["gdim"], partitioner=_partitioner())
     tdim = header["tdim"]
     regions = _group_names([(n, g) for d, n, g in header["groups"] if d == tdim])
     facets = _group_names([(n, g) for d, n, g in header["groups"] if d == tdim - 1])
@@ -714,7 +713,7 @@ def _from_meshio(comm, path: Path) -> _Raw:
                     facet_values=np.empty(0, np.int32))
     cell = "triangle" if tdim == 2 else "tetrahedron"
     element = ufl.Mesh(basix.ufl.element("Lagrange", cell, 1, shape=(gdim,)))
-    msh = dmesh.create_mesh(comm, data["cells"], data["x"], element, _partitioner())
+    msh = compat.create_mesh(comm, data["cells"], data["x"], element, _partitioner())
     msh.topology.create_connectivity(tdim, 0)
     ct = None
     if header["cell_values"]:
@@ -733,7 +732,8 @@ def _from_meshio(comm, path: Path) -> _Raw:
 
 def _distributed_tags(msh, dim, entities, values) -> dmesh.MeshTags:
     local, vals = dolfinx.io.distribute_entity_data(msh, dim, entities, values)
-    adj = dolfinx.cpp.graph.AdjacencyList_int32(np.asarray(local, dtype=np.int32))
+    # the adjacency list of the running release (a wrapper of the C++ one from 0.10 on)
+    adj = dolfinx.graph.adjacencylist(np.asarray(local, dtype=np.int32))
     return dmesh.meshtags_from_entities(msh, dim, adj, np.asarray(vals, dtype=np.int32))
 
 

@@ -146,8 +146,10 @@ def read_fields(path: Path, functions) -> None:
 
 def _input_index(V) -> np.ndarray:
     """The input index of each owned dof of the P1 space V (its mesh node's)."""
+    from .. import compat
+
     msh = V.mesh
-    gdofs = msh.geometry.dofmap
+    gdofs = compat.geometry_dofmap(msh)
     if gdofs.shape != V.dofmap.list.shape:
         raise ValueError("checkpoints need a mesh of degree 1 (its nodes are the P1 dofs)")
     imap = V.dofmap.index_map

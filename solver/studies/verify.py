@@ -17,6 +17,7 @@ from dolfinx import fem
 from mpi4py import MPI
 from scipy import special
 
+from .. import compat
 from ..mesh import build as meshes
 from ..config.scenario import BuiltinMesh, KroghMesh, RegionRule, SpheroidMesh
 from ..config.spec import BoundaryValue
@@ -354,7 +355,7 @@ def manufactured(comm, n_list=(8, 16, 32), t_end=2.0, steps=4) -> Result:
                              plasma=lambda t0, t1: Cp, wall_facets=wall, time_source=source)
         V = fem.functionspace(msh, ("Lagrange", 1))
         s = SpeciesSolver(model, V, dom.facet_tags, solver="direct", cell_size=L / n)
-        s.c.interpolate(fem.Expression(u_ex, V.element.interpolation_points()))
+        s.c.interpolate(fem.Expression(u_ex, compat.interpolation_points(V)))
         dt = t_end / steps
         for i in range(steps):
             t.value = (i + 1) * dt  # backward Euler: sources at the new time

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from dolfinx import fem, geometry
 from mpi4py import MPI
 
+from .. import compat
 from ..config.spec import ScenarioError
 from .network import Network
 
@@ -99,13 +100,13 @@ def locate(net: Network, V: fem.FunctionSpace, spacing: float | None = None,
 
     found_cell = np.full(len(pts), -1, dtype=np.int64)
     x = msh.geometry.x
-    gdofs = msh.geometry.dofmap[:owned]
+    gdofs = compat.geometry_dofmap(msh)[:owned]
     near_cells = _cells_near(msh, gdofs, pts, spacing)
     if near_cells.size:
         # a bounding-box tree of the cells near the network only: building one over all cells
         # of a 10⁶-dof mesh would cost more than everything else here
         pad = 1e-9 * float(np.ptp(pts, axis=0).max() + 1.0)
-        tree = geometry.bb_tree(msh, tdim, near_cells.astype(np.int32), padding=pad)
+        tree = geometry.bb_tree(msh, tdim, entities=near_cells.astype(np.int32), padding=pad)
         box_lo, box_hi = x.min(axis=0) - pad, x.max(axis=0) + pad  # this rank's part of the mesh
         near = np.flatnonzero(np.all((pts >= box_lo) & (pts <= box_hi), axis=1))
         cand = geometry.compute_collisions_points(tree, np.ascontiguousarray(pts[near]))

@@ -21,6 +21,7 @@ from dolfinx import fem
 from mpi4py import MPI
 from scipy import optimize, special
 
+from .. import compat
 from ..mesh import build as meshes
 from ..transport import SpeciesModel, SpeciesSolver
 from . import flow as blood
@@ -131,14 +132,12 @@ def _cylinder(comm, R: float, length: float, h: float):
         gmsh.option.setNumber("Mesh.Algorithm3D", ALGORITHM)
         gmsh.model.mesh.generate(3)
 
-    from dolfinx.io import gmshio
-
     if comm.rank == 0:
         with meshes.gmsh_session("krogh_line") as gmsh:
             make()
-            msh, _, ft = gmshio.model_to_mesh(gmsh.model, comm, 0, gdim=3)
+            msh, _, ft = compat.model_to_mesh(gmsh.model, comm, 0, gdim=3)
     else:
-        msh, _, ft = gmshio.model_to_mesh(None, comm, 0, gdim=3)
+        msh, _, ft = compat.model_to_mesh(None, comm, 0, gdim=3)
     return msh, ft
 
 

@@ -138,7 +138,8 @@ def test_disk_full_during_the_run(tmp_path, ranks):
             assert p.poll() is None and time.monotonic() < deadline, _finish(p, 0.01)
             time.sleep(0.05)
         # another program fills the disk
-        with open(disk / "filler", "wb") as fh:
+        # unbuffered: nothing is left to flush (and fail) when the file closes (Python 3.14)
+        with open(disk / "filler", "wb", buffering=0) as fh:
             try:
                 while True:
                     fh.write(b"\0" * 65536)

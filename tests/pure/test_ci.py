@@ -1,0 +1,55 @@
+"""CI runs both DOLFINx lanes; a sid environment that cannot be built is a skip, not a failure."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from runs import ROOT
+
+UNREACHABLE = "http://127.0.0.1:9/debian"   # the discard port: refused at once
+
+
+def test_a_sid_lane_that_cannot_be_built_is_skipped_with_its_reason(tmp_path):
+    env = dict(os.environ, TME_ENV_CACHE=str(tmp_path / "cache"), TME_ENV_MIRROR=UNREACHABLE)
+    env.pop("TME_ENV", None)
+    if shutil.which("debootstrap") is None:
+        # inside the environment there is no debootstrap (and installing it would change the
+        # cached root): a stand-in fails as debootstrap does on a mirror it cannot reach
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        fake = bin_dir / "debootstrap"
+        fake.write_text('#!/bin/sh\n'
+                        'echo "I: Retrieving InRelease"\n'
+                        'echo "E: Failed getting release file $4/dists/$2/Release"\n'
+                        'exit 1\n')
+        fake.chmod(0o755)
+        env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    p = subprocess.run([str(ROOT / ".ci" / "run"), "latest"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(
+        "ci: SKIPPED lane latest (Debian sid): its environment could not be built: "), p.stdout
+    # the reason is the environment's own one-line error
+    errors = [l for l in p.stderr.splitlines() if l.startswith("[tme-env] error: ")]
+    assert errors and out[0].endswith(errors[-1].removeprefix("[tme-env] error: "))
+    # nothing half-built is left where a later run would take it for a root
+    left = list((tmp_path / "cache").iterdir()) if (tmp_path / "cache").exists() else []
+    assert not left, left
+
+
+def test_an_unknown_lane_is_refused():
+    p = subprocess.run([str(ROOT / ".ci" / "run"), "nightly"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "no lane 'nightly'" in p.stderr
+
+
+def test_make_names_the_lanes():
+    p = subprocess.run(["make", "-n", "test-pure", "DOLFINX=0.12"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0 and "DOLFINX=0.12 is not a lane" in p.stderr
+    p = subprocess.run(["make", "-n", "test-pure", "DOLFINX=latest"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
