@@ -1,4 +1,4 @@
-"""CI runs both DOLFINx lanes; a sid environment that cannot be built is a skip, not a failure."""
+"""The CI script's DOLFINx lanes: a sid environment that cannot be built is a skip, not a failure."""
 
 import os
 import shutil
