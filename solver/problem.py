@@ -968,6 +968,13 @@ class Problem:
             t1 = ctl.land(t0, dt_try, clock.next_milestone(t0, moving), clock.tol)
             self._step(t0, t1, estimate=True)
             err = self._error_norm()
+            if not math.isfinite(err):
+                # a NaN is the model's failure, not the step's: name the field, time and place
+                # (every rank sees the same err: the norm is reduced over them all)
+                msgs = [w for w in self.comm.allgather(self._check_local(t1)) if w]
+                raise RunError((msgs[0] if msgs else f"the step from t = {t0:g} h to {t1:g} h has "
+                                f"a non-finite error estimate") + "; the outputs written so far are "
+                               "complete up to the previous step")
             d = ctl.decide(t1 - t0, err, st.err_prev, after_reject=rejected > 0, dt_prev=st.dt_prev)
             if d.accept:
                 break

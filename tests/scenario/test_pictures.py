@@ -61,7 +61,8 @@ def test_every_picture_opens_with_its_size_and_is_not_blank(compared):
     assert [p.name for p in runs] == ["second_line__drugs.doxorubicin.emax=0.05_1_per_hour",
                                       "second_line__drugs.doxorubicin.emax=0.1_1_per_hour"]
     species = len(sc.load(ROOT / "configs" / "second_line.yaml").species_names())
-    sizes = {"comparison.png": (600, 1200)}
+    # the comparison, and one panel per run with its treatment holidays (figure 8 x (1.9 n + 0.6) in at 110 dpi)
+    sizes = {"comparison.png": (600, 1200), "burden_holidays.png": (int((1.9 * 2 + 0.6) * 110), 8 * 110)}
     for run in runs:
         rel = run.relative_to(out)
         sizes[f"{rel}/plots/burden.png"] = (600, 1080)
