@@ -299,7 +299,9 @@ def test_timeseries_independent_of_the_number_of_ranks(comm, tmp_path):
     if comm.size == 1:
         pytest.skip("compares a run on all ranks with one on a single rank")
     base = Path(comm.bcast(str(tmp_path), root=0))
-    overrides = COARSE + ["time.end=3 day", "numerics.rtol=1e-12"]
+    # fixed steps: error-controlled steps follow estimates that differ between rank counts in
+    # the last digits, so their runs agree only to the tolerance, not to the Krylov tolerance
+    overrides = COARSE + ["time.end=3 day", "numerics.rtol=1e-12", "time.tolerance=null"]
     run(sc.load(DEFAULT, overrides), base / "np", comm=comm, overwrite=True, quiet=True)
     if comm.rank == 0:
         run(sc.load(DEFAULT, overrides), base / "np1", comm=MPI.COMM_SELF, overwrite=True, quiet=True)
