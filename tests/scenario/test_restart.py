@@ -75,7 +75,8 @@ SCENARIO = {
 }
 
 
-def scenario(**changes):
+def _data(**changes) -> dict:
+    """A copy of SCENARIO with ``changes`` (dotted key paths) applied."""
     data = json.loads(json.dumps(SCENARIO))
     for key, value in changes.items():
         node = data
@@ -83,7 +84,11 @@ def scenario(**changes):
         for k in path:
             node = node[k]
         node[last] = value
-    return sc.validate(data)
+    return data
+
+
+def scenario(**changes):
+    return sc.validate(_data(**changes))
 
 
 def _rows(path: Path) -> list[dict]:
@@ -228,14 +233,7 @@ def test_error_controlled_run_resumes_to_the_same_steps(comm, tmp_path):
 
 
 def _config(path: Path, **changes) -> Path:
-    data = json.loads(json.dumps(SCENARIO))
-    for key, value in changes.items():
-        node = data
-        *keys, last = key.split(".")
-        for k in keys:
-            node = node[k]
-        node[last] = value
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(_data(**changes)))
     return path
 
 
