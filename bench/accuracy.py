@@ -193,8 +193,12 @@ def table(rows, ref, comm, until: float, say) -> None:
     ad_steps = [(r["steps_to"][until], e) for r, e, _ in ad]
     ad_orders = [math.log(e0 / e1) / math.log(n1 / n0)
                  for (n0, e0), (n1, e1) in zip(ad_steps, ad_steps[1:]) if e1 > 0 and n1 > n0]
-    say(f"adaptive TR-BDF2 observed order (error against steps; target >= 1.8): "
-        f"{', '.join(f'{o:.2f}' for o in ad_orders)}")
+    fit = ""
+    if len(ad_steps) >= 3:
+        slope = np.polyfit(np.log([n for n, _ in ad_steps]), np.log([e for _, e in ad_steps]), 1)[0]
+        fit = f"; over the whole sweep (least squares) {-slope:.2f}"
+    say(f"adaptive TR-BDF2 observed order (error against steps, successive tolerances; target >= 1.8): "
+        f"{', '.join(f'{o:.2f}' for o in ad_orders)}{fit}")
     for target, share in ((1e-2, 5), (1e-3, 10)):
         cost = be_cost(be, target, until)
         ad_ok = [r["wall_to"][until] for r, e, _ in ad if e <= target]
