@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import math
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -89,7 +91,7 @@ class _Marks:
         return state.t in self.times
 
     def write(self, state, t: float) -> None:
-        self.at[t] = time.perf_counter()
+        self.at[t] = (time.perf_counter(), time.process_time())
 
     def close(self, state) -> None:
         pass
@@ -100,28 +102,33 @@ def run_case(cfg: dict, comm, label: str) -> dict:
     fraction and AUC maps at every output time, wall time to each output time (from the start
     of the set-up) and the step counts."""
     scen = sc.validate(cfg)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     p = Problem(scen, comm, None).initialise()
     marks = _Marks(p.field_times)
     p.outputs.append(marks)
     summary = p.run()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = p.model
     n = m.mass.size
     times = [t for t in p.fields.times if t > 0]
     frames = dict(zip(p.fields.times, p.fields.frames))
     rows = {r["t"]: r for r in p.series.rows}
     steps_to = np.array([r["t"] for r in p.series.rows[1:]])
-    return {"label": label, "wall": wall, "steps": summary["steps"],
+    out = {"label": label, "wall": wall, "steps": summary["steps"],
             "rejected": summary.get("rejected_steps", 0), "t": np.array(times),
             "burden": np.array([rows[t]["burden"] for t in times]),
             "resistant": {t: frames[t]["resistant_fraction"][:n].copy() for t in times},
             "auc": {t: {s.name: frames[t][f"auc_{s.name}"][:n].copy() for s in m.drugs} for t in times},
-            "wall_to": {t: marks.at[t] - t0 for t in times},
+            "wall_to": {t: marks.at[t][0] - t0 for t in times},
+            "cpu": cpu, "cpu_to": {t: marks.at[t][1] - c0 for t in times},
             "steps_to": {t: int(np.sum(steps_to <= t + 1e-9)) for t in times},
             "rejected_to": {t: sum(int(r.get("rejected") or 0) for r in p.series.rows[1:] if r["t"] <= t + 1e-9)
                             for t in times},
             "mass": m.mass.copy()}
+    p.fields.frames.clear()   # the next run's memory: the frames of every field at every output
+    del p, m, frames
+    gc.collect()
+    return out
 
 
 def rel_l2(a, b, mass, comm) -> float:
@@ -149,13 +156,13 @@ def variant(cfg, **time_and_numerics) -> dict:
     return c
 
 
-def be_cost(be: list, target: float, until: float) -> tuple[float, float, float] | None:
+def be_cost(be: list, target: float, until: float, clock: str = "wall") -> tuple[float, float, float] | None:
     """Backward Euler's wall time [s] for ``target`` over [0, until]: measured when a run of the
     sweep reaches it, else extrapolated from the measured order of the two finest steps and the
     cost model wall = set-up + steps × per-step (least squares over the sweep). Returns (wall,
     the step needed [hour], how far the step is extrapolated: finest run / needed, 1 if
     measured), or None without two runs."""
-    ok = [(run["wall_to"][until], run["dt"]) for run, e in be if e <= target]
+    ok = [(run[f"{clock}_to"][until], run["dt"]) for run, e in be if e <= target]
     if ok:
         w, dt = min(ok)
         return w, dt, 1.0
@@ -165,7 +172,7 @@ def be_cost(be: list, target: float, until: float) -> tuple[float, float, float]
     order = math.log(e1 / e2) / math.log(r1["dt"] / r2["dt"])
     dt = r2["dt"] * (target / e2) ** (1.0 / order)
     n = np.array([r["steps_to"][until] for r, _ in be], float)
-    w = np.array([r["wall_to"][until] for r, _ in be])
+    w = np.array([r[f"{clock}_to"][until] for r, _ in be])
     per, setup = np.polyfit(n, w, 1)
     return setup + per * math.ceil(until / dt - 1e-9), dt, r2["dt"] / dt
 
@@ -173,12 +180,13 @@ def be_cost(be: list, target: float, until: float) -> tuple[float, float, float]
 def table(rows, ref, comm, until: float, say) -> None:
     """The sweep's table and the targets over [0, until] hours."""
     errs = [(run, errors(run, ref, comm, until)) for run in rows]
-    say(f"\n| method | steps | rejected | wall [s] | burden max rel | resistant map rel L2 | AUC maps rel L2 |")
-    say("|---|---|---|---|---|---|---|")
+    say(f"\n| method | steps | rejected | wall [s] | CPU [s] | burden max rel | resistant map rel L2 | AUC maps rel L2 |")
+    say("|---|---|---|---|---|---|---|---|")
     for run, (b, r, a) in errs:
         rej = run["rejected_to"][until] if run["label"].startswith("TR") else "–"
         steps = run["steps_to"][until]
-        say(f"| {run['label']} | {steps} | {rej} | {run['wall_to'][until]:.1f} | {b:.2e} | {r:.2e} | {a:.2e} |")
+        say(f"| {run['label']} | {steps} | {rej} | {run['wall_to'][until]:.1f} | {run['cpu_to'][until]:.1f} | "
+            f"{b:.2e} | {r:.2e} | {a:.2e} |")
     be = [(run, max(e)) for run, e in errs if run["label"].startswith("BE")]
     ad = [(run, max(e), run["tol"]) for run, e in errs if run["label"].startswith("TR")]
     be_sorted = sorted(be, key=lambda x: -x[0]["dt"])
@@ -186,10 +194,11 @@ def table(rows, ref, comm, until: float, say) -> None:
               for (r0, e0), (r1, e1) in zip(be_sorted, be_sorted[1:]) if e1 > 0]
     say(f"\nbackward Euler observed order (worst of the three errors): {', '.join(f'{o:.2f}' for o in orders)}")
     n = np.array([r["steps_to"][until] for r, _ in be], float)
-    w = np.array([r["wall_to"][until] for r, _ in be])
-    if len(n) >= 2:
-        per, setup = np.polyfit(n, w, 1)
-        say(f"backward Euler cost: {setup:.1f} s set-up + {per:.2f} s per step (least squares over the sweep)")
+    for clock in ("wall", "cpu"):
+        w = np.array([r[f"{clock}_to"][until] for r, _ in be])
+        if len(n) >= 2:
+            per, setup = np.polyfit(n, w, 1)
+            say(f"backward Euler cost ({clock}): {setup:.1f} s set-up + {per:.2f} s per step (least squares over the sweep)")
     ad_steps = [(r["steps_to"][until], e) for r, e, _ in ad]
     ad_orders = [math.log(e0 / e1) / math.log(n1 / n0)
                  for (n0, e0), (n1, e1) in zip(ad_steps, ad_steps[1:]) if e1 > 0 and n1 > n0]
@@ -199,16 +208,17 @@ def table(rows, ref, comm, until: float, say) -> None:
         fit = f"; over the whole sweep (least squares) {-slope:.2f}"
     say(f"adaptive TR-BDF2 observed order (error against steps, successive tolerances; target >= 1.8): "
         f"{', '.join(f'{o:.2f}' for o in ad_orders)}{fit}")
-    for target, share in ((1e-2, 5), (1e-3, 10)):
-        cost = be_cost(be, target, until)
-        ad_ok = [r["wall_to"][until] for r, e, _ in ad if e <= target]
-        if cost is None or not ad_ok:
-            say(f"{target:g}: reached by the adaptive runs: {bool(ad_ok)}; backward Euler: {cost}")
-            continue
-        w, dt, far = cost
-        how = "measured" if far == 1.0 else f"extrapolated {far:.1f}x below the finest step run"
-        say(f"{target:g}: backward Euler needs dt = {dt:.3g} h, {w:.0f} s ({how}); fastest adaptive "
-            f"{min(ad_ok):.1f} s; ratio {min(ad_ok) / w:.3f} (target <= 1/{share} = {1 / share:.2f})")
+    for clock in ("wall", "cpu"):
+        for target, share in ((1e-2, 5), (1e-3, 10)):
+            cost = be_cost(be, target, until, clock)
+            ad_ok = [r[f"{clock}_to"][until] for r, e, _ in ad if e <= target]
+            if cost is None or not ad_ok:
+                say(f"{target:g} ({clock}): reached by the adaptive runs: {bool(ad_ok)}; backward Euler: {cost}")
+                continue
+            w, dt, far = cost
+            how = "measured" if far == 1.0 else f"extrapolated {far:.1f}x below the finest step run"
+            say(f"{target:g} ({clock}): backward Euler needs dt = {dt:.3g} h, {w:.0f} s ({how}); fastest "
+                f"adaptive {min(ad_ok):.1f} s; ratio {min(ad_ok) / w:.3f} (target <= 1/{share} = {1 / share:.2f})")
     for r, e, tol in ad:
         say(f"tol {tol:g}: achieved {e:.2e} = {e / tol:.2f} x tol (target within 3x)")
 
@@ -269,6 +279,9 @@ def main():
     ap.add_argument("--tol", type=float, nargs="*", default=[1e-2, 3e-3, 1e-3, 3e-4],
                     help="tolerances; the tightest also checks the reference (Richardson)")
     ap.add_argument("--startup", action="store_true", help="only the start-up comparison")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="a file for the reference: read when it holds this block, days, outputs and "
+                         "tolerance (so a second sweep need not recompute it), else written")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-startup", action="store_true",
                     help="skip the start-up comparison after the sweep (run it alone with --startup)")
@@ -286,7 +299,20 @@ def main():
     tight = {"numerics__rtol": 1e-9}
     say(f"block {args.cells} cells, {args.days:g} days from the first bolus, outputs every "
         f"{args.every:g} h, {comm.size} rank(s)", flush=True)
-    ref = run_case(variant(cfg, time__tolerance=args.ref_tol, **tight), comm, "reference")
+    key = {"cells": list(args.cells), "days": args.days, "every": args.every, "ref_tol": args.ref_tol,
+           "ranks": comm.size}
+    path = None if args.reference is None else (
+        args.reference if comm.size == 1 else args.reference.with_suffix(f".rank{comm.rank}"))
+    ref = None
+    if path is not None and path.exists():
+        saved = pickle.loads(path.read_bytes())
+        if saved.get("key") == key:
+            ref = saved["ref"]
+            say(f"reference read from {args.reference}")
+    if ref is None:
+        ref = run_case(variant(cfg, time__tolerance=args.ref_tol, **tight), comm, "reference")
+        if path is not None:
+            path.write_bytes(pickle.dumps({"key": key, "ref": ref}))
     if not any(abs(t - args.early) < 1e-9 for t in ref["t"]):
         raise SystemExit(f"--early {args.early:g} h is not an output time (every {args.every:g} h)")
     dofs = comm.allreduce(ref["mass"].size, op=MPI.SUM)
