@@ -35,6 +35,7 @@ from .. import outputs
 from ..config.scenario import Scenario, apply_override, load, validate
 from ..config.spec import ScenarioError
 from .batch import Stopped, agree as _agree, split
+from .params import split_top as _split_top
 
 COLUMNS = ["run", "config", "overrides", "time_to_progression_days",
            "time_to_treatment_failure_days", "nadir", "nadir_day", "final_burden",
@@ -60,23 +61,6 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
     if not key.strip() or not vals:
         raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
     return key.strip(), vals
-
-
-def _split_top(text: str) -> list[str]:
-    """``text`` split at the commas outside brackets and braces."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
 
 
 def plan(configs: list, sweeps: list[str], overrides: list[str], labels=None) -> list[RunPlan]:
