@@ -266,11 +266,15 @@ def _merge(data: dict, fragment: dict, where: str, prefix: str = "") -> list[str
     return paths
 
 
-def strategy_scenario(base: Scenario, name: str, specs: list) -> tuple[Scenario, list[str], list[Path]]:
-    """(the scenario of strategy ``name``, the key paths it sets, the files it reads)."""
+def strategy_scenario(data: dict, name: str, specs: list, base_dir: Path | None = None
+                      ) -> tuple[Scenario, list[str], list[Path]]:
+    """(the scenario of strategy ``name`` applied to the scenario mapping ``data`` — the
+    CONFIG file's own, with ``--set`` —, the key paths it sets, the files it reads)."""
+    import copy
+
     from ..config.scenario import apply_override
 
-    data = base.model_dump(mode="json", by_alias=True)
+    data = copy.deepcopy(data)
     paths, files = [], []
     for kind, spec in specs:
         if kind == "file":
@@ -292,8 +296,19 @@ def strategy_scenario(base: Scenario, name: str, specs: list) -> tuple[Scenario,
         else:
             apply_override(data, spec)
             paths.append(spec.split("=", 1)[0].strip())
-    scen = validate(data, source=f"strategy {name}")
+    scen = validate(data, source=f"strategy {name}", base_dir=base_dir)
     return scen, paths, files
+
+
+def raw(path: Path, overrides=()) -> dict:
+    """The mapping of a scenario file with ``--set`` items applied (read as :func:`load` reads
+    it; the file was loaded once already, so it reads)."""
+    from ..config.scenario import apply_override
+
+    data = _yaml(Path(path).read_text(encoding="utf-8"))
+    for item in overrides:
+        apply_override(data, item)
+    return data
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -507,14 +522,18 @@ def study(config, comm, *, samples=(), n: int | None = None, patients: Path | No
     import pandas as pd
 
     groups_for(comm.size, ranks_per_run)
-    inputs = []
+    inputs, base_dir = [], None
     if isinstance(config, Scenario):
         from .sensitivity import _with_sets
 
         base = _with_sets(config, overrides) if overrides else config
+        data = base.model_dump(mode="json", by_alias=True)
     else:
         base = load(config, list(overrides))
         inputs.append(Path(config))
+        # strategies are merged into the file as written (a default derived from another
+        # key, such as assessment.first from assessment.every, follows the strategy's value)
+        data, base_dir = raw(Path(config), overrides), Path(config).parent
     if getattr(base.mesh, "path", None) is not None:
         inputs.append(Path(base.mesh.path))
     sampled = [parse_sample(t, base) for t in samples]
@@ -559,7 +578,7 @@ def study(config, comm, *, samples=(), n: int | None = None, patients: Path | No
         specs = parse_strategies(list(strategies))
     arms = {}
     for name, spec in (specs or {"config": []}).items():
-        scen, paths, files = strategy_scenario(base, name, [(k, v) for k, v in spec]) if spec else (base, [], [])
+        scen, paths, files = strategy_scenario(data, name, spec, base_dir) if spec else (base, [], [])
         for p in params:
             hit = next((q for q in paths if _overlap(p.key, q)), None)
             if hit is not None:
