@@ -262,6 +262,9 @@ def study(config, vary: list[str], samples: int, output: str, comm, *, method: s
     if getattr(base.mesh, "path", None) is not None:
         inputs.append(Path(base.mesh.path))
     variables = plan(base, list(vary), list(logs))
+    if method == "sobol" and len(variables) < 2:
+        raise ScenarioError("tme sensitivity: Sobol' indices need two or more --vary (one parameter "
+                            "alone has S1 = ST = 1); vary another, or use --method morris")
     if output == "time_to_progression" and not base.treatment.lines:
         raise ScenarioError("--output time_to_progression: the scenario has no treatment line, so no "
                             "progression is assessed (treatment.lines)")
