@@ -40,7 +40,7 @@ response, a tumour not detectable at an assessment (a cure); progressive disease
 at the first assessment; stable disease otherwise. A patient with no assessment, or whose run
 failed, is not evaluable. Time to progression is the first progression (the model calls it only
 at assessments, so it lies on the assessment grid); a run that never progresses is censored at
-its end.
+the scenario's end time (also when a cure ended it early: a cured tumour does not progress).
 """
 
 from __future__ import annotations
@@ -337,7 +337,8 @@ def response(outcome) -> dict:
         return {**row, "time_to_progression_days": "", "progressed": "", "censored": "",
                 "response": "NE"}
     prog = s.get("time_to_progression_hours")
-    end = s["end_time_hours"]
+    # never progressed: censored at the scenario's end time (also when a cure ended the run)
+    end = max(s["end_time_hours"], outcome.tags.get("end_hours") or 0.0)
     d = x["dim"]
     base = s.get("baseline_burden")
     if base is None or not base > 0:
@@ -603,7 +604,7 @@ def study(config, comm, *, samples=(), n: int | None = None, patients: Path | No
             except ScenarioError as exc:
                 raise ScenarioError(f"patient {ids[i]} under {name}: {exc}") from None
             jobs.append(Job(f"p{i + 1:05d}__{name}", job_scen, {"patient": i + 1, "patient_id": ids[i],
-                                                                 "strategy": name}))
+                                                                 "strategy": name, "end_hours": job_scen.time.end}))
     if out is not None:
         if study_directory(out, comm, "cohort", overwrite=overwrite, inputs=inputs, owned=FILES):
             logger.info(f"cohort: continuing the cohort in {out}")

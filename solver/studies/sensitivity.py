@@ -19,7 +19,8 @@ confidence intervals are scipy's bootstrap of those runs (no new run). Morris ta
 trajectories of d + 1 runs on a 4-level grid (step Δ = 2/3 of the normalised range); an
 elementary effect is the change of the metric over a step, per whole range (so μ* is in the
 metric's unit). Metrics (from the run's summary): ``time_to_progression`` [day] — a run that
-never progresses counts as its end time, a lower bound, flagged ``censored`` in runs.csv —,
+never progresses counts as the scenario's end time (time.end, also when a cure ended it early),
+a lower bound, flagged ``censored`` in runs.csv —,
 ``nadir`` and ``final_burden`` [cells; µm^d where the scenario does not count cells] and
 ``final_resistant_fraction`` [1].
 """
@@ -123,7 +124,8 @@ def metric_unit(metric: str, dim: int | None, cells: bool) -> str:
 
 
 def metric_of(outcome, metric: str) -> tuple[float, bool]:
-    """(the metric of a run's outcome, whether it is censored); NaN for a failed run."""
+    """(the metric of a run's outcome, whether it is censored); NaN for a failed run. A run
+    that never progresses has the scenario's end time (``tags['end_hours']``), censored."""
     s = outcome.summary
     if not outcome.ok or s is None:
         return math.nan, False
@@ -132,7 +134,9 @@ def metric_of(outcome, metric: str) -> tuple[float, bool]:
             raise ScenarioError("--output time_to_progression: the scenario has no treatment line, "
                                 "so no progression is assessed (treatment.lines)")
         t = s["time_to_progression_hours"]
-        return (s["end_time_hours"] / 24.0, True) if t is None else (t / 24.0, False)
+        # never progressed: censored at the scenario's end time (also when a cure ended the run)
+        end = max(s["end_time_hours"], outcome.tags.get("end_hours") or 0.0)
+        return (end / 24.0, True) if t is None else (t / 24.0, False)
     if metric == "final_resistant_fraction":
         return float(s["final_resistant_fraction"]), False
     name = {"nadir": "nadir_burden", "final_burden": "final_burden"}[metric]
@@ -288,7 +292,8 @@ def study(config, vary: list[str], samples: int, output: str, comm, *, method: s
                 scen = base.with_changes(changes)
             except ScenarioError as exc:
                 raise ScenarioError(f"sensitivity: run {name}: {exc}") from None
-            jobs.append(Job(name, scen, {"block": block, **{v.param.key: float(x[i]) for i, v in enumerate(variables)}}))
+            jobs.append(Job(name, scen, {"block": block, "end_hours": scen.time.end,
+                                         **{v.param.key: float(x[i]) for i, v in enumerate(variables)}}))
         outcomes = run_batch(jobs, comm, ranks_per_run=ranks_per_run, out=out, measure=measure,
                              label="sensitivity", max_memory=max_memory)
         values = []

@@ -315,3 +315,15 @@ def test_kaplan_meier_median_and_hazard_ratio_of_exponential_times():
     assert table[0]["median_ttp_days"] == pytest.approx(med)
     assert table[1]["censored"] == int((~eb).sum()) and table[0]["response_rate"] == 0.0
     assert table[0]["response_rate_ci_high"] == pytest.approx(1 - 0.025 ** (1 / n), rel=1e-6)
+
+
+def test_a_cured_run_is_censored_at_the_scenario_end_time():
+    """A cure ends the run early (treatment.stop.on_cure): it never progresses, so its time to
+    progression is censored at time.end, not at the cure."""
+    o = _outcome([[24, 80.0, True], [48, 0.001, False]], None, end=48.0)
+    o.tags = {"end_hours": 240.0}
+    row = cohort.response(o)
+    assert (row["response"], row["censored"], row["time_to_progression_days"]) == ("CR", 1, 10.0)
+    assert sensitivity.metric_of(o, "time_to_progression") == (10.0, True)
+    o.summary["time_to_progression_hours"] = 36.0
+    assert sensitivity.metric_of(o, "time_to_progression") == (1.5, False)

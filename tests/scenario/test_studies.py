@@ -159,6 +159,7 @@ def test_a_cohort_of_known_times_to_progression(comm, tmp_path):
                                    "lenient=treatment.progression.increase=0.44"])
     runs, summary = res.runs, res.summary
     s = c_of(0.44) / c_of(0.2)
+    grid = {}
     for name, scale in (("strict", 1.0), ("lenient", s)):
         arm = runs[runs["strategy"] == name].sort_values("patient")
         t = scale * tstar
@@ -168,12 +169,18 @@ def test_a_cohort_of_known_times_to_progression(comm, tmp_path):
         near = np.abs(t - np.round(t)) < 1e-3
         assert np.all((got == expect) | near), (got[got != expect], expect[got != expect])
         assert list(arm["censored"]) == [int(x >= 70.0) for x in t]
+        grid[name] = expect
         # progression at the first (day 1) assessment is progressive disease, else stable
         assert list(arm["response"]) == ["PD" if x == 1.0 else "SD" for x in got]
     # Kaplan–Meier medians against ln 2 / λ on the daily grid; the standard error of a median of
     # n exponential times is 1/(rate √n): 2.6 and 5.2 days here; the estimate within 2.5 of it
     for name, rate in (("strict", lam), ("lenient", lam / s)):
         row = summary.loc[name]
+        # no patient is censored before the median: the Kaplan–Meier median (the first time at
+        # which the estimate falls below 1/2) is the 31st of the 60 closed-form times on the
+        # grid, or the 30th where the estimate's product lands a rounding below 1/2 there
+        ordered = np.sort(grid[name])
+        assert row["median_ttp_days"] in (ordered[n // 2 - 1], ordered[n // 2])
         exact = math.ceil(math.log(2) / rate)
         assert abs(row["median_ttp_days"] - exact) < 2.5 / (rate * math.sqrt(n)), row
         assert row["median_ttp_ci_low"] <= row["median_ttp_days"] <= row["median_ttp_ci_high"]
@@ -184,7 +191,8 @@ def test_a_cohort_of_known_times_to_progression(comm, tmp_path):
     assert abs(math.log(hr["hazard_ratio"] * s)) < 2.5 * math.sqrt(1 / 60 + 1 / hr["progressed"])
     assert summary.loc["strict", "hazard_ratio"] == 1.0
     if comm.rank == 0:
-        print(f"cohort closed form: medians {summary['median_ttp_days'].tolist()} day (exact "
+        print(f"cohort closed form: sample medians of t* {np.median(tstar):.2f}, {np.median(s * tstar):.2f} day; "
+              f"KM medians {summary['median_ttp_days'].tolist()} day (population "
               f"{math.ceil(math.log(2) / lam)}, {math.ceil(s * math.log(2) / lam)}), HR "
               f"{hr['hazard_ratio']:.3f} [{hr['hazard_ratio_ci_low']:.3f}, {hr['hazard_ratio_ci_high']:.3f}] "
               f"(exact {1 / s:.4f})")
