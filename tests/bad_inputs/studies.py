@@ -1,5 +1,5 @@
 """tme sensitivity and tme cohort with a bad argument: refused in one line before any run,
-the output directory untouched."""
+the output directory untouched (the other messages of their parsers: tests/pure/test_studies.py)."""
 
 from bad_inputs import Case
 
@@ -34,15 +34,11 @@ def H(id, extra, expect, config="good.yaml", **kw) -> Case:
 CASES = [
     S("sensitivity-bare-number", ["--vary", "drugs.chemo.emax=0.005..0.05", "--vary", VARY[3], "--samples", "4",
                                   "--output", "nadir"], "bare number is ambiguous"),
-    S("sensitivity-not-a-power-of-two", [*VARY, "--samples", "100", "--output", "nadir"], "power of 2"),
-    S("sensitivity-unknown-metric", [*VARY, "--samples", "4", "--output", "volume"], "valid metrics"),
     S("sensitivity-ranks-per-run", [*VARY, "--samples", "4", "--output", "nadir", "--ranks-per-run", "3"],
       "--ranks-per-run 3: exceeds", mpi=True),
     S("sensitivity-out-not-empty", [*VARY, "--samples", "4", "--output", "nadir"], "holds no tme study",
       out_exists=True),
     H("cohort-without-seed", SAMPLE, "--seed"),
-    H("cohort-unknown-distribution", ["--sample", "clones.clones.a.growth=gamma(2, 3)", "--n", "3", "--seed", "1"],
-      "unknown distribution 'gamma'"),
     H("cohort-out-not-empty", [*SAMPLE, "--seed", "1"], "holds no tme study", out_exists=True, mpi=True),
     H("cohort-patients-missing", ["--patients", "{dir}/nope.csv"], "nope.csv"),
     H("cohort-patients-bare-number", ["--patients", "{dir}/bad.csv"], "line 2, column clones.clones.a.growth"),

@@ -278,17 +278,7 @@ def test_cohort_and_sensitivity_from_the_command_line(tmp_path):
     assert rows[1]["unit"] == "1/hour" and rows[1]["metric_unit"] == "cells"
     assert float(rows[1]["mu_star"]) > float(rows[0]["mu_star"])
     assert len(list(csv.DictReader(open(out / "runs.csv")))) == 9 and (out / "sensitivity.png").exists()
-    # the same command continues (nothing to run); another kind of study there is refused
-    p = tme("sensitivity", config, "--vary", VARY[0], "--vary", VARY[1], "--samples", "3",
-            "--method", "morris", "--output", "final_burden", "--out", out)
-    _, err = finish(p, 120)
-    assert p.returncode == 0 and "(9 done before)" in err, err
-    untreated = _write_yaml(tmp_path / "untreated.yaml", UNTREATED)
-    p = tme("cohort", untreated, "--sample", "clones.clones.a.growth=lognormal(0.3 1/day, 0.2)", "--n", "2",
-            "--seed", "1", "--out", out)
-    _, err = finish(p, 60)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert p.returncode == 2 and len(lines) == 1 and "holds a tme sensitivity study" in lines[0], err
+    # (continuing a study: the killed cohort below; another kind of study refused: tests/pure)
     # --overwrite starts afresh
     p = tme("sensitivity", config, "--vary", VARY[1], "--vary", VARY[2], "--samples", "2", "--output",
             "nadir", "--out", out, "--overwrite")
