@@ -1,5 +1,5 @@
 """tme sensitivity and tme cohort with a bad argument: refused in one line before any run,
-the output directory untouched (the other messages of their parsers: tests/pure/test_studies.py)."""
+the output directory untouched (the other messages of their parsers: tests/pure/test_study_estimators.py)."""
 
 from bad_inputs import Case
 
