@@ -10,6 +10,10 @@ The Python API (docs/api.md)::
     results.timeseries, results.events, results.summary            # DataFrames and a dict
     results.field("total", "5 day"), results.plot()
     table = tme.compare({"a": scenario, "b": shorter})             # a DataFrame, one row per run
+    tme.sensitivity(scenario, {"drugs.doxorubicin.emax": ("0.05 1/hour", "0.5 1/hour")},
+                    samples=64, output="final_burden").indices           # Sobol' indices
+    tme.cohort(scenario, sample={"clones.clones.sensitive.growth": "lognormal(0.5 1/day, 0.3)"},
+               n=100, seed=1).summary                                     # response, TTP, HR
 
 Its names are imported when first used, so ``import tme`` loads neither DOLFINx nor pandas.
 
@@ -20,7 +24,7 @@ dynamics and their compiled kernel), ``clock`` and ``state`` (the step clock, wh
 time) -> ``mesh`` and ``tissue`` (the domain and its properties), ``transport`` (drugs, survival
 factor, oxygen), ``vasculature`` (vessel networks and blood flow) -> ``outputs`` -> ``problem``
 (initialise, iterate, run, resume) -> ``results`` (the Python face of a run) -> ``studies``
-(compare, verify) -> ``cli``.
+(batch: the study engine; compare, verify) -> ``cli``.
 """
 
 if __name__ != "tme":   # one name, so that no module is imported twice under two
@@ -37,6 +41,8 @@ _API = {
     "Results": ("tme.results", "Results"),
     "FieldValues": ("tme.results", "FieldValues"),
     "compare": ("tme.studies.compare", "table"),
+    "sensitivity": ("tme.studies.sensitivity", "sensitivity"),
+    "cohort": ("tme.studies.cohort", "cohort"),
     "Problem": ("tme.problem", "Problem"),
     "RunError": ("tme.problem", "RunError"),
 }
