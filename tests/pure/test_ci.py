@@ -53,3 +53,35 @@ def test_make_names_the_lanes():
     p = subprocess.run(["make", "-n", "test-pure", "DOLFINX=latest"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_two_builds_of_the_environment_do_not_run_at_once(tmp_path):
+    """A second `env.sh ensure` waits for a build under way in the same cache instead of
+    building alongside it (two roots of 4 GB at once, each slowed by the other)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "builds.log"
+    fake = bin_dir / "debootstrap"   # a build that takes a second, then fails as a bad mirror does
+    fake.write_text('#!/bin/sh\n'
+                    f'echo "start $(date +%s.%N)" >> {log}\n'
+                    'sleep 1\n'
+                    f'echo "end $(date +%s.%N)" >> {log}\n'
+                    'echo "E: Failed getting release file $4/dists/$2/Release"\n'
+                    'exit 1\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, TME_ENV_CACHE=str(tmp_path / "cache"), TME_ENV_MIRROR=UNREACHABLE,
+               TME_ENV="sid", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    cmd = [str(ROOT / "scripts" / "env.sh"), "ensure"]
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+    for _ in range(100):             # the first build has started
+        if log.exists():
+            break
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    first.communicate(timeout=120)
+    assert first.returncode != 0 and second.returncode != 0      # both failed, as the mirror does
+    assert "waiting for an environment build already under way" in second.stderr, second.stderr
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert [e[0] for e in events] == ["start", "end", "start", "end"], events   # one after the other
+    assert float(events[2][1]) >= float(events[1][1])
