@@ -134,7 +134,17 @@ exec chroot "$r" /usr/bin/env -u PYTHONHOME -u VIRTUAL_ENV -u prte_map \
 
 ensure() {
     native_dolfinx && return 0
+    [ -d "$(root_dir)" ] && return 0
+    # one build per root: a second caller (another shell, a test run, CI) waits for the first
+    # and then uses its root instead of building its own copy alongside
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/.lock-$SUITE-$(env_key)"
+    if ! flock -n 9; then
+        say "waiting for the build of the Debian $SUITE environment already under way"
+        flock 9
+    fi
     [ -d "$(root_dir)" ] || build_root
+    exec 9>&-
 }
 
 cmd="${1:-}"; shift || true

@@ -269,3 +269,50 @@ def test_boundary_value_keys():
                       ({"plasma": True, "plasma_fraction": 2.0}, "less than or equal to 1")]:
         with pytest.raises(ValidationError, match=text):
             BoundaryValue(**bad)
+
+
+@pytest.mark.mpi
+def test_amg_hierarchy_kept_while_the_step_changes_within_a_factor(comm):
+    """Steps growing ×1.5 rebuild the BoomerAMG hierarchy only when the step has moved beyond
+    PC_REUSE_RATIO of the one it was built for, and the solutions equal those of a solver that
+    rebuilds it every step, to the Krylov tolerance."""
+    import numpy as np
+    from dolfinx import fem
+    from mpi4py import MPI
+
+    from tme import transport
+    from tme.config.scenario import BuiltinMesh
+    from tme.mesh import build as meshes
+    from tme.transport import COUNTERS, SpeciesModel, SpeciesSolver
+
+    dom = meshes.build(BuiltinMesh(kind="box", size=[100.0, 100.0, 100.0], cells=[8, 8, 8]), comm)
+    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
+
+    def solver():
+        model = SpeciesModel("c", fem.Constant(dom.mesh, 5000.0), decay=0.1,
+                             initial=lambda X: np.exp(-((X[0] - 50) ** 2 + (X[1] - 50) ** 2) / 400.0))
+        return SpeciesSolver(model, V, dom.facet_tags, solver="amg", cell_size=12.5, rtol=1e-12)
+
+    steps = [0.1 * 1.5 ** k for k in range(8)]   # τ spans a factor 1.5⁷ ≈ 17
+    ends = np.cumsum(steps)
+    kept, fresh = solver(), solver()
+    setups = []
+    t0 = 0.0
+    for t1 in ends:
+        before = COUNTERS.pc_setups
+        kept.step(t0, t1)
+        setups.append(COUNTERS.pc_setups - before)
+        ratio, transport.PC_REUSE_RATIO = transport.PC_REUSE_RATIO, 1.0  # the reference:
+        try:                                                              # built every step
+            fresh.step(t0, t1)
+        finally:
+            transport.PC_REUSE_RATIO = ratio
+        t0 = t1
+    # built at 0.1 (kept for 0.15, 0.225, 0.3375: within 4×), rebuilt at 0.506 (kept up to 1.7)
+    assert setups == [1, 0, 0, 0, 1, 0, 0, 0]
+    assert kept.pc_dt == pytest.approx(steps[4])
+    n = kept.m.size
+    diff = comm.allreduce(float(np.max(np.abs(kept.c.x.array[:n] - fresh.c.x.array[:n]), initial=0.0)), op=MPI.MAX)
+    peak = comm.allreduce(float(np.max(fresh.c.x.array[:n], initial=0.0)), op=MPI.MAX)
+    assert diff < 1e-9 * peak
+    assert transport.PC_REUSE_RATIO == 4.0
