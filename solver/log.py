@@ -22,11 +22,25 @@ class _RankFilter(logging.Filter):
         return self.all_ranks or self.rank == 0 or getattr(record, "any_rank", False)
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a message is logged: a program (pytest,
+    a notebook, a caller redirecting output) may replace and close the stream that was
+    ``sys.stderr`` when the logger was set up, and a handler holding that stream would fail on
+    every later message ("I/O operation on closed file")."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)   # StreamHandler's would bind the stream of the moment
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def setup(rank: int = 0, size: int = 1, all_ranks: bool = False, level: int = logging.INFO) -> logging.Logger:
     """Configure the ``tme`` logger for this rank; returns it."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     prefix = "[%(rank)d] " if (all_ranks and size > 1) else ""
     handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
     handler.addFilter(_RankFilter(rank, all_ranks))

@@ -9,23 +9,9 @@ from tme.config import scenario as sc
 from tme.config.spec import ScenarioError
 from tme.config.units import parse_quantity
 
+from minimal import MINIMAL  # the scenario of the fixture `minimal` (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
-
-MINIMAL = """
-name: t
-mesh: {kind: rectangle, size: [1 mm, 500], cells: [10, 5]}
-drugs:
-  dox: {class: dna_damaging, diffusivity: 16 um^2/s, decay: 0.1 1/hour, boundary: {outer: {plasma: true}}}
-time: {end: 2 day}
-treatment: {lines: [{name: first, regimen: [{drug: dox, amount: 5 uM}]}]}
-"""
-
-
-@pytest.fixture
-def minimal(tmp_path):
-    p = tmp_path / "s.yaml"
-    p.write_text(MINIMAL)
-    return p
 
 
 def test_units_are_converted_once_to_base_units(minimal):
