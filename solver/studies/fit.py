@@ -378,7 +378,18 @@ class Calibration:
         return {p.key: p.theta(zj) for p, zj in zip(self.params, z)}
 
     def scenario_at(self, z) -> Scenario:
-        return self.scenario.with_changes({p.key: p.text(p.theta(zj)) for p, zj in zip(self.params, z)})
+        """The scenario with the parameters at ``z`` (as ``with_changes`` makes it, from the
+        scenario's mapping written out once)."""
+        import copy
+
+        from ..config.scenario import set_key, validate
+
+        if getattr(self, "_mapping", None) is None:
+            self._mapping = self.scenario.model_dump(mode="json", by_alias=True)
+        data = copy.deepcopy(self._mapping)
+        for p, zj in zip(self.params, z):
+            set_key(data, p.key, p.text(p.theta(zj)), how="--fit")
+        return validate(data, source=f"scenario {self.scenario.name!r} with fitted values")
 
     def _run(self, points: list[np.ndarray]) -> list[tuple[Evaluation, np.ndarray]]:
         """Evaluate the points not yet cached, in one batch; returns (evaluation, residuals) of

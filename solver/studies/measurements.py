@@ -343,9 +343,6 @@ def read_measurements(path: str | Path, noise: dict[str, Noise] | None = None,
             raise ScenarioError(f"{path}: line {header_line}: unknown column '{name}'; columns: time "
                                 f"[UNIT], burden [UNIT], resistant_fraction, fraction_<clone>, "
                                 f"fraction_<clone>@<region>, and <column>_sd for any of them")
-    if not observables:
-        raise ScenarioError(f"{path}: line {header_line}: nothing measured (no burden, "
-                            f"resistant_fraction or fraction_<clone> column)")
     sd_factor = {}
     for base, (k, unit) in sds.items():
         if base not in observables:
@@ -360,6 +357,9 @@ def read_measurements(path: str | Path, noise: dict[str, Noise] | None = None,
         else:
             sd_factor[base] = _fraction_factor(path, f"{base}_sd", unit)
 
+    if not observables:
+        raise ScenarioError(f"{path}: line {header_line}: nothing measured (no burden, "
+                            f"resistant_fraction or fraction_<clone> column)")
     times, file_lines = [], []
     for n, line in lines[1:]:
         cells = next(csv.reader(io.StringIO(line)))
