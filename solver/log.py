@@ -1,4 +1,8 @@
-"""Logging that only rank 0 speaks, unless every rank is asked to (``--log-all-ranks``)."""
+"""Logging that only rank 0 speaks, unless every rank is asked to (``--log-all-ranks``).
+
+A record logged with ``extra={"any_rank": True}`` is printed by whichever rank logs it: the
+rank 0 of a group of ranks that speaks for its group (a failed run of a study).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ class _RankFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.rank = self.rank
-        return self.all_ranks or self.rank == 0
+        return self.all_ranks or self.rank == 0 or getattr(record, "any_rank", False)
 
 
 def setup(rank: int = 0, size: int = 1, all_ranks: bool = False, level: int = logging.INFO) -> logging.Logger:
