@@ -10,6 +10,7 @@ The Python API (docs/api.md)::
     results.timeseries, results.events, results.summary            # DataFrames and a dict
     results.field("total", "5 day"), results.plot()
     table = tme.compare({"a": scenario, "b": shorter})             # a DataFrame, one row per run
+    result = tme.fit(scenario, "patient.csv", {"drugs.dox.emax": "0.01 1/hour..0.5 1/hour"})
 
 Its names are imported when first used, so ``import tme`` loads neither DOLFINx nor pandas.
 
@@ -37,6 +38,8 @@ _API = {
     "Results": ("tme.results", "Results"),
     "FieldValues": ("tme.results", "FieldValues"),
     "compare": ("tme.studies.compare", "table"),
+    "fit": ("tme.studies.fit", "fit"),
+    "FitResult": ("tme.studies.fit", "FitResult"),
     "Problem": ("tme.problem", "Problem"),
     "RunError": ("tme.problem", "RunError"),
 }

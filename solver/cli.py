@@ -108,6 +108,40 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--max-memory", **memory)
 
+    t = add("fit", help="fit scenario values to a patient's measurements (weighted least squares, "
+            "Laplace uncertainty)")
+    t.add_argument("config", type=Path, metavar="CONFIG")
+    t.add_argument("--data", type=Path, required=True, metavar="MEASUREMENTS.csv",
+                   help="the measurements: 'time [day]' and any of 'burden [mm^3]' (or [mm^2], "
+                        "[cell]), 'resistant_fraction', 'fraction_<clone>[@<region>]', each with "
+                        "an optional '<column>_sd' (docs/api.md, Fitting)")
+    t.add_argument("--fit", dest="params", action="append", default=[], metavar="KEY=LOW..HIGH",
+                   help="a scenario key to fit and its bounds with their unit, e.g. "
+                        "--fit 'drugs.chemo.emax=0.005 1/hour..0.1 1/hour' (repeatable)")
+    t.add_argument("--log", dest="log_keys", action="append", default=[], metavar="KEY",
+                   help="fit this key on a log scale (repeatable)")
+    t.add_argument("--start", action="append", default=[], metavar="KEY=VALUE",
+                   help="start from this value instead of the scenario's (repeatable)")
+    t.add_argument("--noise", action="append", default=[], metavar="[COLUMN=]MODEL",
+                   help="noise of the rows without an sd: 'lognormal:cv=0.1' (burden), "
+                        "'resistant_fraction=normal:sd=0.05', 'fractions=normal:sd=0.05'")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a scenario value first (repeatable)")
+    t.add_argument("--multistart", type=int, default=0, metavar="K",
+                   help="K more starts from a scrambled Sobol design in the bounds; the best is kept")
+    t.add_argument("--seed", type=int, default=0, help="seed of the Sobol design (default 0)")
+    t.add_argument("--ranks-per-run", type=int, default=1, metavar="R",
+                   help="ranks of each forward run; the job's ranks / R runs go at once (default 1)")
+    t.add_argument("--fd-step", type=float, default=None, metavar="H",
+                   help="forward-difference step as a fraction of each scaled range (default "
+                        "sqrt of the runs' noise level: time.tolerance, else the linear tolerance)")
+    t.add_argument("--time-tolerance", type=float, default=None, metavar="TOL",
+                   help="time.tolerance of the fit's runs (tighter than the scenario's: less noise)")
+    t.add_argument("--max-evaluations", type=int, default=100, metavar="N",
+                   help="evaluations of the residuals per start (default 100)")
+    t.add_argument("--out", type=Path, required=True, help="output directory")
+    t.add_argument("--overwrite", action="store_true", help="replace the fit's files in --out")
+
     f = add("verify", help="run the verification cases against closed forms")
     f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
 
@@ -128,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     all_ranks, quiet = getattr(args, "log_all_ranks", False), getattr(args, "quiet", False)
     logger = log.setup(comm.rank, comm.size, all_ranks, level=30 if quiet else 20)
     if args.command is None:
-        _say("tme: error: a command is needed: run, validate, compare, schema, verify or examples "
+        _say("tme: error: a command is needed: run, validate, compare, fit, forecast, schema, verify or examples "
              "(see 'tme --help')")
         return 2
     try:
@@ -215,6 +249,22 @@ def _dispatch(args, comm) -> int:
         try:
             compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
                     overwrite=args.overwrite, max_memory=args.max_memory)
+        except Stopped as exc:
+            if comm.rank == 0:
+                print(str(exc), file=sys.stderr, flush=True)
+            return 128 + exc.signal
+        return 0
+    if args.command == "fit":
+        from .studies.batch import Stopped
+        from .studies.fit import fit, parse_assignments
+
+        try:
+            fit(args.config, args.data, args.params, log=args.log_keys, noise=args.noise,
+                start=parse_assignments(args.start, "--start"),
+                overrides=args.overrides, out=args.out, comm=comm, ranks_per_run=args.ranks_per_run,
+                multistart=args.multistart, seed=args.seed, fd_step=args.fd_step,
+                time_tolerance=args.time_tolerance, max_evaluations=args.max_evaluations,
+                overwrite=args.overwrite)
         except Stopped as exc:
             if comm.rank == 0:
                 print(str(exc), file=sys.stderr, flush=True)

@@ -261,60 +261,25 @@ Evaluator = Callable[[list[tuple[str, Scenario]]], list[Evaluation]]
 def batch_evaluator(comm, times: list[float], ranks_per_run: int = 1, label: str = "fit") -> Evaluator:
     """Forward runs through the study engine: a list of (name, scenario) runs on groups of
     ``ranks_per_run`` ranks, every evaluation returned on every rank (collective)."""
-    try:
-        from .batch import Job, run_batch
-    except ImportError:   # until the study engine is merged: the runs in turn on every rank
-        Job, run_batch = _Job, _run_in_turn
+    from .batch import Job, groups_for, run_batch
 
     measure = functools.partial(observe, times=list(times))
+    groups = groups_for(comm.size, ranks_per_run)
 
     def evaluate(runs):
         jobs = [Job(name, scen) for name, scen in runs]
-        outcomes = run_batch(jobs, comm, ranks_per_run=ranks_per_run, out=None, measure=measure,
-                             resume=False, label=label)
+        logger = tme_log.get()
+        level = logger.level
+        logger.setLevel(max(level, 40))   # the fit reports each evaluation and each failed run
+        try:
+            outcomes = run_batch(jobs, comm, ranks_per_run=ranks_per_run, out=None, measure=measure,
+                                 resume=False, label=label)
+        finally:
+            logger.setLevel(level)
         return [_evaluation(o) for o in outcomes]
 
-    evaluate.groups = max(1, comm.size // max(1, ranks_per_run))
+    evaluate.groups = groups
     return evaluate
-
-
-@dataclass(frozen=True)
-class _Job:
-    name: str
-    scenario: Scenario
-    tags: dict = field(default_factory=dict)
-
-
-@dataclass
-class _Outcome:
-    name: str
-    ok: bool
-    error: str | None
-    summary: dict | None = None
-    times_days: list = field(default_factory=list)
-    burden: list = field(default_factory=list)
-    resistant_fraction: list = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-
-
-def _run_in_turn(jobs, comm, *, ranks_per_run=1, out=None, measure=None, resume=False, label=""):
-    """Each job in turn on all of ``comm`` (in memory), its failure recorded."""
-    from ..problem import Problem, logging_for
-
-    outcomes = []
-    for job in jobs:
-        try:
-            with logging_for(True):
-                problem = Problem(job.scenario, comm).initialise()
-                summary = problem.run()
-        except ScenarioError as exc:
-            outcomes.append(_Outcome(job.name, False, str(exc)))
-            continue
-        t, b = problem.curve("burden")
-        _, rf = problem.curve("resistant_fraction")
-        outcomes.append(_Outcome(job.name, True, None, summary, list(t / 24.0), list(b), list(rf),
-                                 measure(problem) if measure else {}))
-    return outcomes
 
 
 def _evaluation(outcome) -> Evaluation:
@@ -826,8 +791,9 @@ def write(out: Path, result: FitResult, comm, provenance_record: dict | None = N
     if provenance_record is not None:
         header = provenance.header(provenance_record)
     header += "# fitted by tme fit to " + str(rep.get("data")) + ":\n" + "".join(
-        f"#   {q['key']} = {q['text']}" + (f" (se {q['se']:.4g} {q['unit']})".replace("  ", " ")
-                                           if q["se"] is not None else "") + "\n"
+        f"#   {q['key']} = {q['value']:.6g}{' ' + q['unit'] if q['unit'] else ''}"
+        + (f" ± {q['se']:.3g} (95 %: {q['interval_95'][0]:.4g}..{q['interval_95'][1]:.4g})"
+           if q["se"] is not None else " (no standard error)") + "\n"
         for q in rep["parameters"])
     header += "# treatment.report_times holds the measurement times (the steps land on them)\n"
     outputs.replace_text(out / "fitted.yaml", header + resolved_yaml(result.scenario))
@@ -945,7 +911,7 @@ def _burden_in(o, burden_um_d: np.ndarray, scale, dim) -> np.ndarray:
 
 
 def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None,
-        changes: dict | None = None, out=None, comm=None, ranks_per_run: int = 1,
+        changes: dict | None = None, overrides=(), out=None, comm=None, ranks_per_run: int = 1,
         multistart: int = 0, seed: int = 0, fd_step: float | None = None,
         time_tolerance: float | None = None, max_evaluations: int = 100, overwrite: bool = False,
         evaluator: Evaluator | None = None, argv=None) -> FitResult:
@@ -958,7 +924,7 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
     ``"KEY=LOW..HIGH"``), bounds with their units; ``log``: keys fitted on a log scale;
     ``noise``: ``"lognormal:cv=0.1"`` or a list/dict of ``--noise`` specs; ``start``: ``{key:
     value}`` instead of the scenario's values; ``changes``: ``{key: value}`` applied to the
-    scenario first (as ``--set``); ``out``: write fit.json, fit.csv, fitted.yaml, fit.png there;
+    scenario first (``overrides``: the same as ``--set`` items ``"key=value"``); ``out``: write fit.json, fit.csv, fitted.yaml, fit.png there;
     ``ranks_per_run``: ranks of each forward run (the others run other Jacobian columns
     concurrently); ``multistart``: K more starts from a scrambled Sobol design (``seed``) in the
     scaled box, the best kept; ``fd_step``: the forward-difference step in the scaled
@@ -973,7 +939,14 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
     config = None
     if isinstance(scenario, (str, Path)):
         config = Path(scenario)
-        scenario = load(scenario)
+        scenario = load(scenario, list(overrides))
+    elif isinstance(scenario, Scenario) and overrides:
+        from ..config.scenario import apply_override, validate
+
+        data = scenario.model_dump(mode="json", by_alias=True)
+        for item in overrides:
+            apply_override(data, item)
+        scenario = validate(data, source=f"scenario {scenario.name!r}")
     if not isinstance(scenario, Scenario):
         raise ScenarioError(f"tme.fit: expected a Scenario or a scenario file, got {type(scenario).__name__}")
     if changes:
@@ -1008,9 +981,6 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
         inputs = [p for p in (config, Path(data_name) if isinstance(data, (str, Path)) else None) if p]
         outputs.check_directory(Path(out), comm, overwrite, inputs, owned=FIT_FILES)
     if evaluator is None:
-        sizes = ranks_per_run
-        if not isinstance(sizes, int) or sizes < 1 or comm.size % sizes:
-            raise ScenarioError(f"--ranks-per-run {ranks_per_run}: must divide the {comm.size} rank(s)")
         evaluator = batch_evaluator(comm, measurements.times, ranks_per_run)
     cal = Calibration(scenario, measurements, parameters, evaluator, fd_step, comm)
     starts = [cal.start_point()]
@@ -1022,7 +992,14 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
                     f"{measurements.path}; {len(starts)} start(s); finite-difference step "
                     f"{cal.h:.3g} of each scaled range (noise level {cal.eta:.3g}); runs on "
                     f"{cal.groups} group(s) of ranks")
-    best, all_starts = cal.solve(starts, max_evaluations=int(max_evaluations))
+    from .batch import Stopped
+
+    try:
+        best, all_starts = cal.solve(starts, max_evaluations=int(max_evaluations))
+    except Stopped as exc:
+        raise Stopped(exc.signal, f"tme: fit stopped by {_signal_name(exc.signal)} after "
+                                  f"{len(cal.history)} evaluation(s) ({cal.runs} runs); nothing "
+                                  f"written: run tme fit again to start afresh") from None
     wall = wallclock.perf_counter() - started
     meta = {"config": None if config is None else str(config), "data": data_name,
             "noise": {k: str(v) for k, v in noise_map.items()}, "ranks": comm.size,
@@ -1044,6 +1021,12 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
                         f"fit.png, history.csv and residuals.csv")
         comm.barrier()
     return result
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def sobol_starts(p: int, k: int, seed: int) -> np.ndarray:
