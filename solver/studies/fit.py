@@ -528,11 +528,13 @@ class Calibration:
         return ", ".join(f"{p.key} = {p.describe(p.theta(zj))}" for p, zj in zip(self.params, z))
 
 
-def prepare(scenario: Scenario, measurements: Measurements) -> Scenario:
-    """The scenario the fit runs: the measurement times added to ``treatment.report_times``, so
-    that every run's steps land on them and its time series has a row at each (no
-    interpolation: the model is compared at the times the data were taken)."""
-    times = sorted(set(scenario.treatment.report_times) | set(measurements.times))
+def prepare(scenario: Scenario, measurements: Measurements | list) -> Scenario:
+    """The scenario the fit runs: the measurement times (or ``measurements``, a list of times
+    [hour]) added to ``treatment.report_times``, so that every run's steps land on them and its
+    time series has a row at each (no interpolation: the model is compared at the times the data
+    were taken)."""
+    given = measurements.times if isinstance(measurements, Measurements) else list(measurements)
+    times = sorted(set(scenario.treatment.report_times) | set(given))
     return scenario.with_changes({"treatment.report_times": [show(t, "hour", "hour") for t in times]})
 
 
@@ -1021,6 +1023,51 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
                         f"fit.png, history.csv and residuals.csv")
         comm.barrier()
     return result
+
+
+def synthetic(scenario: Scenario, times_days, *, unit: str = "mm^3", cv: float | None = None,
+              fractions_at=(), fraction_sd: float = 0.05, seed: int = 0, comm=None,
+              comment: str = "") -> str:
+    """A measurements file (CSV text) made by the solver: ``scenario`` run once (as the fit runs
+    it: the times are report times), its burden at ``times_days`` in ``unit`` with log-normal
+    noise of coefficient of variation ``cv`` (ln B = ln B_model + σ ε, σ² = ln(1 + cv²); none
+    when None), its resistant fraction at the days ``fractions_at`` with normal noise of
+    ``fraction_sd`` (kept in [0, 1]) and that sd as a column; ``seed`` seeds the noise;
+    ``comment`` heads the file (each line a '#' comment). Collective on ``comm``."""
+    from mpi4py import MPI
+
+    from .measurements import _column_unit
+
+    comm = MPI.COMM_WORLD if comm is None else comm
+    hours = [float(d) * 24.0 for d in times_days]
+    runs = batch_evaluator(comm, hours)([("synthetic", prepare(scenario, hours))])
+    ev = runs[0]
+    if not ev.ok or any(o is None for o in ev.observed or [None]):
+        raise ScenarioError(f"synthetic data: the run of {scenario.name!r} failed or ended early: "
+                            f"{ev.error or 'it did not reach every time'}")
+    compares, factor = _column_unit("synthetic data", "burden", unit)
+    from .measurements import Observable
+
+    o = Observable("burden", "burden", unit, compares=compares, factor=factor)
+    scale = scenario.cell_scale(ev.dim)
+    burden = _burden_in(o, np.array([ob["burden"] for ob in ev.observed]), scale, ev.dim)
+    rng = np.random.default_rng(seed)
+    if cv is not None:
+        burden = burden * np.exp(math.sqrt(math.log1p(cv ** 2)) * rng.standard_normal(burden.size))
+    at = {float(d) for d in fractions_at}
+    head = [f"# {ln}" if ln else "#" for ln in comment.splitlines()]
+    cols = f"time [day],burden [{unit}]" + (",resistant_fraction,resistant_fraction_sd" if at else "")
+    rows = []
+    for d, b, ob in zip(times_days, burden, ev.observed):
+        row = f"{float(d):g},{b:.6g}"
+        if at:
+            if float(d) in at:
+                f = min(max(ob["resistant_fraction"] + fraction_sd * rng.standard_normal(), 0.0), 1.0)
+                row += f",{f:.4f},{fraction_sd:g}"
+            else:
+                row += ",,"
+        rows.append(row)
+    return "\n".join(head + [cols] + rows) + "\n"
 
 
 def _signal_name(signum: int) -> str:
