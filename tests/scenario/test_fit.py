@@ -145,7 +145,8 @@ def test_coverage_is_not_absurd(tmp_path):
      "the burden is compared on the log scale"),
 ])
 def test_bad_arguments_are_one_line(exact_data, tmp_path, args, message):
-    p = run_tme("fit", PATIENT, "--data", exact_data, *args, "--set", SHORT[0], "--out", tmp_path / "o")
+    noise = [] if "--noise" in args else ["--noise", "lognormal:cv=0.1"]
+    p = run_tme("fit", PATIENT, "--data", exact_data, *args, *noise, "--set", SHORT[0], "--out", tmp_path / "o")
     _, err = finish(p, 120)
     assert p.returncode == 2 and message in err, err
     assert err.strip().count("\n") == 0
