@@ -40,6 +40,7 @@ _API = {
     "compare": ("tme.studies.compare", "table"),
     "fit": ("tme.studies.fit", "fit"),
     "FitResult": ("tme.studies.fit", "FitResult"),
+    "forecast": ("tme.studies.forecast", "forecast"),
     "Problem": ("tme.problem", "Problem"),
     "RunError": ("tme.problem", "RunError"),
 }

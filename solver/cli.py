@@ -142,6 +142,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--overwrite", action="store_true", help="replace the fit's files in --out")
 
+    w = add("forecast", help="forecast strategies from a fit: parameter sets drawn from its "
+            "uncertainty, each run under each strategy; median and 90 %% bands")
+    w.add_argument("fitdir", type=Path, metavar="FITDIR", help="the --out of a tme fit")
+    w.add_argument("--strategy", dest="strategies", action="append", default=[],
+                   metavar="NAME=SPEC", help="a strategy: NAME=FILE.yaml (a scenario fragment "
+                   "merged into the fitted scenario), NAME=key.path=value (an override), or NAME= "
+                   "(the fitted scenario); repeat a NAME to add changes (repeatable)")
+    w.add_argument("--samples", type=int, default=100, metavar="N",
+                   help="parameter sets drawn from the fit (default 100)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    w.add_argument("--end", default=None, metavar="TIME", help="time.end of every run, e.g. '365 day'")
+    w.add_argument("--ranks-per-run", type=int, default=1, metavar="R")
+    w.add_argument("--out", type=Path, required=True, help="output directory (the same command "
+                   "on the same --out continues a stopped forecast)")
+    w.add_argument("--overwrite", action="store_true", help="start afresh in --out (the forecast's "
+                   "files only)")
+
     f = add("verify", help="run the verification cases against closed forms")
     f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
 
@@ -265,6 +282,18 @@ def _dispatch(args, comm) -> int:
                 multistart=args.multistart, seed=args.seed, fd_step=args.fd_step,
                 time_tolerance=args.time_tolerance, max_evaluations=args.max_evaluations,
                 overwrite=args.overwrite)
+        except Stopped as exc:
+            if comm.rank == 0:
+                print(str(exc), file=sys.stderr, flush=True)
+            return 128 + exc.signal
+        return 0
+    if args.command == "forecast":
+        from .studies.batch import Stopped
+        from .studies.forecast import forecast
+
+        try:
+            forecast(args.fitdir, args.strategies, args.out, comm, samples=args.samples, seed=args.seed,
+                     end=args.end, ranks_per_run=args.ranks_per_run, overwrite=args.overwrite)
         except Stopped as exc:
             if comm.rank == 0:
                 print(str(exc), file=sys.stderr, flush=True)

@@ -175,7 +175,8 @@ def test_the_step_follows_the_noise_level():
     assert F.default_step(F.noise_level(s)) == pytest.approx(1e-4)
     tol = s.with_changes({"time.tolerance": 1e-3})
     assert F.noise_level(tol) == 1e-3
-    assert F.default_step(1e-3) == pytest.approx(math.sqrt(1e-3))
+    assert F.default_step(1e-5) == pytest.approx(math.sqrt(1e-5))
+    assert F.default_step(1e-3) == F.FD_STEP_RANGE[1] == 0.01
     assert F.default_step(1e-16) == F.FD_STEP_RANGE[0] and F.default_step(0.5) == F.FD_STEP_RANGE[1]
 
 
