@@ -21,7 +21,7 @@ dynamics and their compiled kernel), ``clock`` and ``state`` (the step clock, wh
 time) -> ``mesh`` and ``tissue`` (the domain and its properties), ``transport`` (drugs, survival
 factor, oxygen), ``vasculature`` (vessel networks and blood flow) -> ``outputs`` -> ``problem``
 (initialise, iterate, run, resume) -> ``results`` (the Python face of a run) -> ``studies``
-(batch: the study engine; compare, verify) -> ``cli``.
+(batch: the study engine; compare, verify; measurements, fit, forecast) -> ``cli``.
 """
 
 if __name__ != "tme":   # one name, so that no module is imported twice under two

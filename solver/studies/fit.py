@@ -924,7 +924,7 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
         changes: dict | None = None, overrides=(), out=None, comm=None, ranks_per_run: int = 1,
         multistart: int = 0, seed: int = 0, fd_step: float | None = None,
         time_tolerance: float | None = None, max_evaluations: int = 100, overwrite: bool = False,
-        evaluator: Evaluator | None = None, argv=None) -> FitResult:
+        evaluator: Evaluator | None = None, argv=None, quiet: bool = False) -> FitResult:
     """Fit scenario keys to a patient's measurements (``tme.fit``; ``tme fit`` on the command
     line). Collective on ``comm`` (default every rank); every rank gets the result.
 
@@ -940,11 +940,25 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
     scaled box, the best kept; ``fd_step``: the forward-difference step in the scaled
     coordinates (default sqrt of the runs' noise level); ``time_tolerance``: ``time.tolerance``
     of the fit's runs; ``max_evaluations``: of the residuals, per start; ``evaluator``: the
-    forward runs (default: the study engine, :func:`batch_evaluator`).
+    forward runs (default: the study engine, :func:`batch_evaluator`); ``quiet``: log only
+    warnings (the failed runs).
     """
     from mpi4py import MPI
 
+    from ..problem import logging_for
+
     comm = MPI.COMM_WORLD if comm is None else comm
+    logger = tme_log.get()
+    if not logger.handlers:
+        tme_log.setup(comm.rank, comm.size)
+    with logging_for(quiet):
+        return _fit(scenario, data, params, log, noise, start, changes, overrides, out, comm,
+                    ranks_per_run, multistart, seed, fd_step, time_tolerance, max_evaluations,
+                    overwrite, evaluator, argv)
+
+
+def _fit(scenario, data, params, log, noise, start, changes, overrides, out, comm, ranks_per_run,
+         multistart, seed, fd_step, time_tolerance, max_evaluations, overwrite, evaluator, argv):
     started = wallclock.perf_counter()
     config = None
     if isinstance(scenario, (str, Path)):

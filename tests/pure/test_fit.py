@@ -306,3 +306,30 @@ def test_measurement_times_are_report_times():
     meas = data()
     prepared = F.prepare(scenario(), meas)
     assert prepared.treatment.report_times == [t * 24.0 for t in TIMES]
+
+
+def test_the_patient_example_reads_and_its_strategies_apply():
+    """configs/patient_fit: the scenario validates and says what it shows, its measurements read
+    and fit it, and the combination fragment merges into it (a drug added, the lines replaced)."""
+    import yaml
+
+    from pathlib import Path
+
+    from tme.studies.forecast import merge, parse_strategies
+    from tme.studies.measurements import mesh_dim
+
+    folder = Path(__file__).resolve().parents[2] / "configs" / "patient_fit"
+    s = tme.load(folder / "patient.yaml")
+    assert s.name == "patient" and (folder / "patient.yaml").read_text().startswith("# ")
+    meas = read_measurements(folder / "measurements.csv", dict([parse_noise("lognormal:cv=0.1")]))
+    meas.check(s, mesh_dim(s))
+    assert [o.column for o in meas.observables] == ["burden", "resistant_fraction"]
+    assert "made by the solver" in (folder / "measurements.csv").read_text()
+    (st,) = parse_strategies([f"combination={folder / 'combination.yaml'}"])
+    data = merge(s.model_dump(mode="json", by_alias=True), st.fragments[0][1])
+    combined = tme.config.scenario.validate(data)
+    assert set(combined.drugs) == {"chemo", "inhibitor"}
+    assert [d.drug for d in combined.treatment.lines[0].regimen] == ["chemo", "inhibitor"]
+    assert combined.treatment.stop.stop_when_exhausted is False     # kept from the scenario
+    fragment = yaml.safe_load((folder / "combination.yaml").read_text())
+    assert set(fragment) == {"drugs", "treatment"}
