@@ -157,7 +157,10 @@ class Plan:
         self.cov = np.array(cov, float)
         self.end = None
         if end is not None:
-            self.end = parse_quantity(end, "hour", "day")
+            try:
+                self.end = parse_quantity(end, "hour", "day")
+            except ValueError as exc:
+                raise ScenarioError(f"--end {end}: {exc}") from None
             if self.end <= 0:
                 raise ScenarioError(f"--end {end}: must be > 0")
         self.strategies = strategies
@@ -254,6 +257,15 @@ def forecast(fitdir, strategies, out, comm=None, *, samples: int = 100, seed: in
         p for st in plan.strategies for p, _ in st.fragments]
     resumed = study_directory(Path(out), comm, "forecast", overwrite=overwrite, inputs=inputs,
                               owned=FORECAST_FILES)
+    if resumed:   # a directory of another forecast is refused before anything is said or run
+        from .batch import RUNS, fingerprint, finished
+
+        err = None
+        if comm.rank == 0:
+            err = finished(jobs, [fingerprint(j.scenario) for j in jobs], Path(out) / RUNS)[1]
+        err = comm.bcast(err, root=0)
+        if err:
+            raise ScenarioError(err)
     logger = tme_log.get()
     if comm.rank == 0:
         logger.info(f"forecast: {len(plan.strategies)} strateg{'y' if len(plan.strategies) == 1 else 'ies'} "

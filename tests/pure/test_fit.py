@@ -333,3 +333,72 @@ def test_the_patient_example_reads_and_its_strategies_apply():
     assert combined.treatment.stop.stop_when_exhausted is False     # kept from the scenario
     fragment = yaml.safe_load((folder / "combination.yaml").read_text())
     assert set(fragment) == {"drugs", "treatment"}
+
+
+def _fake_fit(tmp_path, z, cov_z):
+    """A fit directory as tme fit writes it, for the closed-form scenario (fitted.yaml, fit.json)."""
+    import json
+
+    from tme.config.scenario import resolved_yaml
+
+    s = scenario()
+    params = F.parse_parameters(PARAMS, s, ["drugs.chemo.emax"])
+    (tmp_path / "fitted.yaml").write_text(resolved_yaml(s))
+    rep = {"parameters": [{"key": p.key, "unit": p.unit, "value": p.shown(p.theta(zj)), "low": p.shown(p.low),
+                           "high": p.shown(p.high), "scale": "log" if p.log else "linear", "z": zj}
+                          for p, zj in zip(params, z)],
+           "covariance": {"matrix_z": np.asarray(cov_z).tolist()}, "residuals": []}
+    (tmp_path / "fit.json").write_text(json.dumps(rep))
+    return params
+
+
+def test_forecast_draws_follow_the_fit_truncated_to_the_bounds(tmp_path):
+    from tme.studies.forecast import Plan, parse_strategies
+
+    cov = np.array([[0.01 ** 2, 0.5 * 0.01 * 0.02], [0.5 * 0.01 * 0.02, 0.02 ** 2]])
+    _fake_fit(tmp_path, [0.4, 0.6], cov)
+    plan = Plan(tmp_path, parse_strategies(["a="]), 4000, seed=3)
+    zs = plan.draws()
+    assert zs.mean(axis=0) == pytest.approx([0.4, 0.6], abs=5e-4)
+    assert np.cov(zs.T) == pytest.approx(cov, rel=0.08, abs=2e-6)
+    assert np.array_equal(zs, Plan(tmp_path, parse_strategies(["a="]), 4000, seed=3).draws())
+    # near a bound: every draw inside, the mean pushed inwards
+    _fake_fit(tmp_path, [0.005, 0.6], cov)
+    zs = Plan(tmp_path, parse_strategies(["a="]), 2000, seed=1).draws()
+    assert np.all((zs >= 0) & (zs <= 1)) and zs[:, 0].mean() > 0.005
+
+
+def test_forecast_strategies(tmp_path):
+    from tme.studies.forecast import Plan, parse_strategies
+
+    _fake_fit(tmp_path, [0.4, 0.6], np.eye(2) * 1e-4)
+    frag = tmp_path / "two_lines.yaml"
+    frag.write_text("treatment:\n  lines:\n    - {name: a, regimen: [{drug: chemo, amount: 5 uM}]}\n")
+    sts = parse_strategies(["actual=", f"frag={frag}", "frag=time.dt=2 hour",
+                            "hol=treatment.assessment.every=2 week"])
+    assert [s.name for s in sts] == ["actual", "frag", "hol"]
+    assert sts[1].overrides == ["time.dt=2 hour"] and sts[1].fragments[0][0] == frag
+    plan = Plan(tmp_path, sts, 3, seed=0, end="10 day")
+    jobs = plan.jobs()
+    assert [j.name for j in jobs][:4] == ["actual__0000", "actual__0001", "actual__0002", "frag__0000"]
+    by = {j.name: j for j in jobs}
+    assert by["frag__0001"].scenario.treatment.lines[0].name == "a"
+    assert by["frag__0001"].scenario.time.dt == 2.0 and by["frag__0001"].scenario.time.end == 240.0
+    # the same parameter sets under every strategy, applied on top
+    for i in range(3):
+        a, f = by[f"actual__{i:04d}"], by[f"frag__{i:04d}"]
+        assert a.tags["drugs.chemo.emax"] == f.tags["drugs.chemo.emax"]
+        assert f.scenario.drugs["chemo"].emax == pytest.approx(a.tags["drugs.chemo.emax"], rel=1e-14)
+    bad = [(["x=drugs.chemo.emax=0.1 1/hour"], "--strategy x: drugs.chemo.emax is determined by the fit"),
+           (["x=drugs.chemo={class: targeted}"], "--strategy x: drugs.chemo is determined by the fit"),
+           (["x=time.ned=1 day"], "time.ned: unknown key 'ned'"),
+           (["x=nofile.yaml"], "--strategy x: nofile.yaml: cannot read"),
+           (["x y="], "the name 'x y' names files"),
+           (["x=notyaml.txt"], "is neither a YAML file"),
+           ([], "name at least one --strategy")]
+    for items, message in bad:
+        with pytest.raises(tme.ScenarioError) as e:
+            Plan(tmp_path, parse_strategies(items), 3, seed=0)
+        assert message in str(e.value), str(e.value)
+    with pytest.raises(tme.ScenarioError, match="no fit.json"):
+        Plan(tmp_path / "nothing", sts, 3, seed=0)
