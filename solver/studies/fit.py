@@ -1130,6 +1130,13 @@ def summary_text(rep: dict) -> str:
                 c = rep["correlation"][i][j]
                 if c is not None:
                     lines.append(f"  correlation {keys[i]} ~ {keys[j]}: {c:+.3f}")
+    if len(rep["starts"]) > 1:
+        lines.append(f"  {len(rep['starts'])} starts (the lowest cost kept):")
+        for k, st in enumerate(rep["starts"]):
+            where = ", ".join(f"{v:.4g}" for v in st["start"].values())
+            end = (f"cost {st['cost']:.6g} at " + ", ".join(f"{v:.4g}" for v in st["end"].values())
+                   if st["end"] is not None else st["error"])
+            lines.append(f"    {k + 1}. from {where}: {end}")
     if rep["identifiability"]:
         lines.append("  identifiability:")
         lines += [f"    - {_flag_line(f)}" for f in rep["identifiability"]]
