@@ -175,3 +175,27 @@ def test_an_existing_out_is_kept(one_rank, exact_data, tmp_path):
     code, _, err = fit_cli(exact_data, out)
     assert code == 2 and "directory is not empty" in err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_signal_stops_the_fit_in_one_line(exact_data, tmp_path):
+    """SIGTERM during the fit: the run under way stops at the end of its step, nothing is
+    written, one line says so, and the exit status is 128 + 15."""
+    import signal
+    import time
+
+    p = run_tme("fit", PATIENT, "--data", exact_data, *FIT, "--set", SHORT[0], "--noise",
+                "lognormal:cv=0.1", "--out", tmp_path / "o")
+    deadline = time.time() + 300
+    seen = []
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        seen.append(line)
+        if line.startswith("fit: evaluation 1 ") or not line:
+            break
+    assert any(ln.startswith("fit: evaluation 1 ") for ln in seen), "".join(seen)
+    time.sleep(0.5)   # into the Jacobian's runs
+    p.send_signal(signal.SIGTERM)
+    _, err = finish(p, 120)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "tme: fit stopped by SIGTERM after" in err and "nothing written" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
