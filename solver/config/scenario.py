@@ -11,6 +11,7 @@ and what would be valid; the CLI prints that line, without a traceback.
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -866,7 +867,7 @@ def _unwrap(ann):
         origin = typing.get_origin(ann)
         if origin is Annotated:
             ann = typing.get_args(ann)[0]
-        elif origin is Union:
+        elif origin is Union or origin is types.UnionType:   # Optional[X] and X | None alike
             models = [a for a in typing.get_args(ann) if a is not type(None)]
             if len(models) != 1:
                 return ann
@@ -887,6 +888,42 @@ def _valid_keys(path: list[str], tags: list[str] = ()) -> list[str]:
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return [f.alias or n for n, f in ann.model_fields.items()]
     return []
+
+
+def quantity_units(key: str) -> tuple[str, str] | None:
+    """(base unit, unit shown) of the quantity at the dotted scenario ``key`` (list items by
+    index, as ``--set`` takes them), e.g. ``('1/hour', '1/day')`` for
+    ``clones.clones.sensitive.growth``; None when the key holds no declared quantity (a bare
+    number, text, a section, or no such key)."""
+    return _quantity_units([p.strip() for p in key.split(".")])
+
+
+def value_at(scenario: Scenario, key: str) -> Any:
+    """The validated value at the dotted ``key`` of ``scenario`` (in base units; list items by
+    index); raises ScenarioError with one line naming the first part that is not there."""
+    node: Any = scenario
+    parts = [p.strip() for p in key.split(".")]
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[:depth + 1])
+        if isinstance(node, BaseModel):
+            name = part if part in type(node).model_fields else next(
+                (n for n, f in type(node).model_fields.items() if f.alias == part), None)
+            if name is None:
+                valid = [f.alias or n for n, f in type(node).model_fields.items()]
+                raise ScenarioError(f"{key}: no key {here!r}; valid keys here: {', '.join(valid)}")
+            node = getattr(node, name)
+        elif isinstance(node, dict):
+            if part not in node:
+                raise ScenarioError(f"{key}: no key {here!r}; keys here: {', '.join(map(str, node)) or '(none)'}")
+            node = node[part]
+        elif isinstance(node, (list, tuple)):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ScenarioError(f"{key}: {here!r} is not an index of a list of {len(node)}") from None
+        else:
+            raise ScenarioError(f"{key}: {'.'.join(parts[:depth])!r} is a value, not a section")
+    return node
 
 
 def resolved_yaml(scenario: Scenario) -> str:
