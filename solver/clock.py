@@ -220,27 +220,36 @@ class Controller:
 
 
 def error_norm(parts, comm=None) -> float:
-    """The normalised error of a step: the largest, over fields, of the mass-weighted RMS of
-    e_i / (atol + rtol |u_i|) (1 = the tolerance met exactly).
+    """The normalised error of a step: the largest, over fields, of the field's relative local
+    error in the mass-weighted L2 norm, ‖e‖_M / max(rtol ‖u‖_M, atol ‖1‖_M) (1 = the tolerance
+    met exactly).
 
     parts: (error estimate e, value u, dof weights m, rtol, atol) per field, NumPy arrays over
-    this rank's owned dofs (u, m may be the same for several fields). A field is judged on its
-    own, so a large accurate field does not hide a small inaccurate one. With ``comm`` the sums
-    are reduced over its ranks (one allreduce for all fields).
+    this rank's owned dofs (u, m may be the same for several fields). The norm is the field's
+    own: a local error of rtol relative to the field in L2 is ε = 1 wherever the error sits, so
+    the tolerance means what an accuracy measure of a field (a relative L2 error of a map, an
+    integral) means; a field smaller than atol/rtol in RMS is held to atol absolute (a drug
+    before its first dose). A field is judged on its own, so a large accurate field does not
+    hide a small inaccurate one. With ``comm`` the sums are reduced over its ranks (one
+    allreduce for all fields).
     """
-    sums = np.zeros(2 * len(parts))
+    sums = np.zeros(3 * len(parts))
     for k, (e, u, m, rtol, atol) in enumerate(parts):
-        w = atol + rtol * np.abs(u)
-        sums[2 * k] = float(m @ (e / w) ** 2) if len(e) else 0.0
-        sums[2 * k + 1] = float(m.sum())
+        if len(e):
+            sums[3 * k] = float(m @ (e * e))
+            sums[3 * k + 1] = float(m @ (u * u))
+            sums[3 * k + 2] = float(m.sum())
     if comm is not None and comm.size > 1:
         from mpi4py import MPI
 
         total = np.empty_like(sums)
         comm.Allreduce(sums, total, op=MPI.SUM)
         sums = total
-    num, den = sums[0::2], sums[1::2]
-    ok = den > 0
-    if not ok.any():
-        return 0.0
-    return float(np.sqrt(np.max(num[ok] / den[ok])))
+    if not np.isfinite(sums).all():
+        return math.nan   # a NaN or an overflow anywhere: the step failed, whatever the rest
+    worst = 0.0
+    for k, (_, _, _, rtol, atol) in enumerate(parts):
+        ee, uu, vol = sums[3 * k: 3 * k + 3]
+        if vol > 0:
+            worst = max(worst, math.sqrt(ee / vol) / max(rtol * math.sqrt(uu / vol), atol))
+    return float(worst)

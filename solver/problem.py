@@ -57,7 +57,6 @@ from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
 from .outputs.fields import FieldOutput
 from .outputs.memory import MemoryFields
-from .outputs.network import NetworkOutput, NetworkPictures
 from .outputs import pictures
 from .outputs.series import EventLog, TimeSeries
 from .pk import PlasmaSet
@@ -68,8 +67,10 @@ from .config.scenario import Scenario, resolved_yaml
 from .config.spec import ScenarioError, located
 from .state import State
 from .transport import COUNTERS, SpeciesModel, SpeciesSolver, assemble_vector, check_entry, compile_form
-from .vasculature import coupling as vessels
-from .vasculature.coupling import VascularCoupling
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # a run without a vessel network never imports the network code (scipy)
+    from .vasculature.coupling import VascularCoupling
 
 #: The signals that stop a run cleanly; the exit status is 128 + the signal's number.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -295,6 +296,8 @@ def _build_vessels(model: Model, h: float):
     (inlet level: its plasma level) and of oxygen (inlet level: the blood level) with the tissue."""
     sc = model.scenario
     spec = sc.vasculature
+    from .vasculature import coupling as vessels
+
     msh = model.domain.mesh
     net = vessels.build(spec, msh, getattr(sc.mesh, "regions", []))
     vessels.check_inside(net, msh)
@@ -563,8 +566,11 @@ class Problem:
                                   before_write=self._update_fields, segment=st.segments,
                                   info=self.provenance, regions=m.domain.regions)
         self.snapshots = _Snapshots(self, self._snapshot_times())
-        self.network = (NetworkOutput(self.out, m.vessels, self.field_times, comm)
-                        if m.vessels is not None else None)
+        self.network = None
+        if m.vessels is not None:
+            from .outputs.network import NetworkOutput
+
+            self.network = NetworkOutput(self.out, m.vessels, self.field_times, comm)
         ck = sc.output.checkpoint
         self.checkpoint = Checkpoint(self.out, comm, self._checkpoint_functions(), self.checkpoint_times,
                                      None if ck.wall is None else ck.wall * 3600.0, resolved_yaml(sc),
@@ -574,6 +580,8 @@ class Problem:
         self.outputs = [self.series, self.events, self.fields, self.snapshots, self.checkpoint,
                         _Summary(self)] + ([_Plots(self)] if sc.output.plots else [])
         if self.network is not None:
+            from .outputs.network import NetworkPictures
+
             self.outputs.insert(3, self.network)
             self.outputs.insert(5, NetworkPictures(self.out, m.vessels, self._snapshot_times(),
                                                    *self._network_picture_field(), comm))
@@ -1026,8 +1034,9 @@ class Problem:
 
     def _error_norm(self) -> float:
         """The step's normalised error (:func:`tme.clock.error_norm`): the transport estimate
-        of every species and the reaction estimate of every clone, each relative to
-        ``time.tolerance`` with the absolute floor ``tolerance_floor`` × its scale.
+        of every species and the reaction estimate of every clone, each field's relative local
+        error in the mass-weighted L2 norm against ``time.tolerance``, held to the absolute
+        floor ``tolerance_floor`` × its scale where the field is smaller than that.
 
         A field's scale is the larger of its largest value so far and the level at which it
         acts (:meth:`_levels`). Without that level, a drug whose infusion has just started

@@ -370,13 +370,15 @@ class TimeSpec(Spec):
                                         "dose event, within [dt_min, dt]; default dt (with "
                                         "tolerance: dt times tolerance^(1/3))")
     tolerance: float | None = Field(None, gt=0, lt=1, description="relative local error allowed per "
-                                    "step in the clone densities and the transported species, e.g. "
-                                    "1e-3: the steps then follow the error (TR-BDF2 and its error "
-                                    "estimate, a PI controller, rejected steps redone) and dt is the "
-                                    "largest step; unset: steps of dt, shorter after doses")
-    tolerance_floor: float = Field(1e-3, gt=0, le=1, description="below this fraction of a field's "
-                                   "scale (its largest value so far; the capacity for clones) the "
-                                   "tolerance is absolute")
+                                    "step in each clone density and transported species (in the "
+                                    "field's mass-weighted L2 norm), e.g. 1e-3: the steps then follow "
+                                    "the error (TR-BDF2 and its error estimate, a predictive "
+                                    "controller, rejected steps redone) and dt is the largest step; "
+                                    "unset: steps of dt, shorter after doses")
+    tolerance_floor: float = Field(1e-3, gt=0, le=1, description="a field whose RMS is below this "
+                                   "fraction of its scale (its largest value so far, or the level "
+                                   "at which it acts; the capacity for clones) is held to the "
+                                   "tolerance times the floor times its scale, absolute")
 
     @model_validator(mode="after")
     def _ordered(self):

@@ -18,7 +18,7 @@ also carries its exact time in hours (the model's unit) as an Information elemen
 ``time_hours``, which a resumed run reads back. Regions: the integer tags of the ``region``
 field are named in ``regions.csv`` (``tag,name``) beside the index, and in ParaView as field
 data of every frame, one array ``region=<name>`` holding its tag (Information panel, or
-``GetFieldData()`` in a script), read from ``fields/regions.h5``.
+``GetFieldData()`` in a script), written inline in the index.
 
 Units: fields as in the model (see :func:`tme.outputs.field_unit`: µM, volume fractions,
 µM·hour, hour).
@@ -162,24 +162,17 @@ class FieldOutput:
 
     # -----------------------------------------------------------------------------------------
     def _write_regions(self) -> str:
-        """``regions.csv`` and ``fields/regions.h5`` (once a segment, rank 0); the XML of the region names
-        as field data (one Grid-centred attribute per region, holding its tag) for every frame."""
+        """``regions.csv`` (once a segment, rank 0); the XML of the region names as field data
+        for every frame: one Grid-centred attribute per region holding its tag, inline (an
+        HDF5 file for a few integers cost h5py's import, 0.1 s, in every run)."""
         if not self.regions:
             return ""
-        import h5py
-
         replace_text(self.out / "regions.csv",
                      "tag,name\n" + "".join(f"{tag},{name}\n" for name, tag in self.regions.items()))
-        tmp = self.dir / "regions.h5.tmp"
-        with h5py.File(tmp, "w") as h5:
-            for name, tag in self.regions.items():
-                h5.create_dataset(f"region/{name}", data=[int(tag)], dtype="i4")
-        tmp.replace(self.dir / "regions.h5")
         return "".join(
             f'        <Attribute Name={quoteattr("region=" + name)} AttributeType="Scalar" Center="Grid">\n'
-            f'          <DataItem Dimensions="1" NumberType="Int" Format="HDF">'
-            f'fields/regions.h5:/region/{name}</DataItem>\n'
-            f'        </Attribute>\n' for name in self.regions)
+            f'          <DataItem Dimensions="1" NumberType="Int" Format="XML">{int(tag)}</DataItem>\n'
+            f'        </Attribute>\n' for name, tag in self.regions.items())
 
     def _write_mesh(self) -> tuple[str, str]:
         """Write this segment's mesh; its Topology and Geometry XML for the index (rank 0)."""

@@ -116,20 +116,27 @@ def test_landing_on_a_milestone_is_exact_and_leaves_no_sliver():
     assert land(40.0, 4.0, m) == 44.0
 
 
-def test_error_norm_relative_with_an_absolute_floor():
+def test_error_norm_is_each_fields_relative_l2_error_with_an_absolute_floor():
     m = np.ones(4)
     u = np.array([1.0, 1.0, 0.0, 0.0])
     e = np.array([1e-3, 1e-3, 0.0, 0.0])
-    # relative: 1e-3 error on values 1 with rtol 1e-3 -> 1 on half the dofs, RMS sqrt(1/2)
-    assert error_norm([(e, u, m, 1e-3, 1e-12)]) == pytest.approx(math.sqrt(0.5))
-    # the floor: where u = 0 an error of 1e-6 counts against atol = 1e-6
+    # relative in L2: ||e||_M / ||u||_M = 1e-3 against rtol 1e-3 -> 1
+    assert error_norm([(e, u, m, 1e-3, 1e-12)]) == pytest.approx(1.0)
+    # where the error sits does not matter, only its size against the field's: the same error
+    # on the dofs where u = 0 (pointwise, relative to 0) counts the same
+    assert error_norm([(e[::-1], u, m, 1e-3, 1e-12)]) == pytest.approx(1.0)
+    # the floor: a field whose RMS is below atol/rtol is held to atol absolute (RMS of e / atol)
+    tiny = np.full(4, 1e-5)
     e2 = np.array([0.0, 0.0, 1e-6, 1e-6])
-    assert error_norm([(e2, u, m, 1e-3, 1e-6)]) == pytest.approx(math.sqrt(0.5))
+    assert error_norm([(e2, tiny, m, 1e-3, 1e-6)]) == pytest.approx(math.sqrt(0.5))
     # the largest field decides; weights are dof volumes
-    assert error_norm([(e, u, m, 1e-3, 1e-12), (4 * e, u, m, 1e-3, 1e-12)]) == pytest.approx(4 * math.sqrt(0.5))
+    assert error_norm([(e, u, m, 1e-3, 1e-12), (4 * e, u, m, 1e-3, 1e-12)]) == pytest.approx(4.0)
     w = np.array([3.0, 1.0, 0.0, 0.0])
+    # ||e||^2_w = 3e-6, ||u||^2_w = 4: sqrt(3/4) 1e-3 relative
     assert error_norm([(np.array([1e-3, 0, 0, 0]), u, w, 1e-3, 1e-12)]) == pytest.approx(math.sqrt(0.75))
     assert error_norm([(np.zeros(0), np.zeros(0), np.zeros(0), 1e-3, 1e-6)]) == 0.0
+    # a NaN anywhere is a failed step, whatever the other fields
+    assert math.isnan(error_norm([(e, u, m, 1e-3, 1e-12), (np.array([math.nan, 0, 0, 0]), u, m, 1e-3, 1e-12)]))
 
 
 # ------------------------------------------------------------------------------------------
