@@ -149,8 +149,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="patients from a CSV file: one row per patient, one column per key path "
                         "('key [unit]' with bare numbers, or 'key' with units in the cells)")
     h.add_argument("--strategy", action="append", default=[], metavar="NAME=FILE_OR_OVERRIDE",
-                   help="an arm: NAME=fragment.yaml or NAME=key.path=value (repeat NAME for more "
-                        "overrides); the first is the reference of the hazard ratios")
+                   help="an arm: NAME=fragment.yaml, NAME=key.path=value (repeat NAME for more "
+                        "overrides) or NAME= (the scenario as it is); the first is the reference of the hazard ratios")
     h.add_argument("--seed", type=int, help="seed of the sampled patients (needed with --sample)")
     study_options(h)
     t = add("fit", help="fit scenario values to a patient's measurements (weighted least squares, "

@@ -224,19 +224,20 @@ def read_patients(path: Path, base: Scenario) -> tuple[list[str], list[Param], n
 
 
 def parse_strategies(items) -> dict[str, list]:
-    """``NAME=FILE.yaml`` or ``NAME=key.path=value`` items -> name -> [('file', path) or
-    ('set', 'key=value'), ...] in the order the names first appear."""
+    """``NAME=FILE.yaml``, ``NAME=key.path=value`` or ``NAME=`` (the scenario as it is) items ->
+    name -> [('file', path) or ('set', 'key=value'), ...] in the order the names first appear."""
     out: dict[str, list] = {}
     for text in items:
-        form = "NAME=FILE.yaml or NAME=key.path=value (repeat NAME for more overrides)"
+        form = "NAME=FILE.yaml, NAME=key.path=value (repeat NAME for more overrides) or NAME= (the scenario as it is)"
         if not isinstance(text, str) or "=" not in text:
             raise ScenarioError(f"--strategy {text!r}: expected {form}")
         name, rest = (s.strip() for s in text.split("=", 1))
         if not STRATEGY_NAME.fullmatch(name):
             raise ScenarioError(f"--strategy {text!r}: the name {name!r} must be letters, digits, "
                                 f"'_', '.' or '-' (it names the runs)")
-        if not rest:
-            raise ScenarioError(f"--strategy {text!r}: expected {form}")
+        if not rest:                  # NAME= : the scenario as it is (as tme forecast takes it)
+            out.setdefault(name, [])
+            continue
         if rest.endswith((".yaml", ".yml")) and "=" not in rest:
             out.setdefault(name, []).append(("file", Path(rest)))
         elif "=" in rest:

@@ -250,6 +250,10 @@ def test_strategies_are_fragments_or_overrides_applied_before_the_patient(base, 
         cohort.parse_strategies(["a b=time.end=1 day"])
     with pytest.raises(ScenarioError, match="neither a YAML file"):
         cohort.parse_strategies(["x=notafile"])
+    # NAME= is the scenario as it is, as tme forecast takes it
+    plain = cohort.parse_strategies(["as_is=", f"holiday={frag}"])
+    assert plain["as_is"] == [] and list(plain) == ["as_is", "holiday"]
+    assert cohort.strategy_scenario(json.loads(json.dumps(BASE)), "as_is", [])[0] == base
 
 
 # --------------------------------------------------------------------------------------------
