@@ -54,16 +54,17 @@ from pathlib import Path
 import numpy as np
 
 from .. import log
-from ..config.scenario import Scenario, _yaml, load, set_key, validate
+from ..config.scenario import Scenario, load, validate
 from ..config.spec import ScenarioError
 from .batch import Job, groups_for, run_batch, study_directory
+from . import strategies as strategies_
 from .params import Param, check, convert, must_be_positive, quantity, split_key, split_top
+from .strategies import Strategy
 
 DISTRIBUTIONS = ("lognormal", "uniform", "normal")
 FILES = ("patients.csv", "cohort.csv", "summary.csv", "km.png")
 #: RECIST 1.1: a partial response is a 30 % decrease of the sum of diameters
 PARTIAL_RESPONSE = 0.7
-STRATEGY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Largest number of draws of a truncated normal for one value.
 MAX_DRAWS = 1000
 
@@ -223,97 +224,22 @@ def read_patients(path: Path, base: Scenario) -> tuple[list[str], list[Param], n
 # Strategies
 
 
-def parse_strategies(items) -> dict[str, list]:
-    """``NAME=FILE.yaml``, ``NAME=key.path=value`` or ``NAME=`` (the scenario as it is) items ->
-    name -> [('file', path) or ('set', 'key=value'), ...] in the order the names first appear."""
-    out: dict[str, list] = {}
-    for text in items:
-        form = "NAME=FILE.yaml, NAME=key.path=value (repeat NAME for more overrides) or NAME= (the scenario as it is)"
-        if not isinstance(text, str) or "=" not in text:
-            raise ScenarioError(f"--strategy {text!r}: expected {form}")
-        name, rest = (s.strip() for s in text.split("=", 1))
-        if not STRATEGY_NAME.fullmatch(name):
-            raise ScenarioError(f"--strategy {text!r}: the name {name!r} must be letters, digits, "
-                                f"'_', '.' or '-' (it names the runs)")
-        if not rest:                  # NAME= : the scenario as it is (as tme forecast takes it)
-            out.setdefault(name, [])
-            continue
-        if rest.endswith((".yaml", ".yml")) and "=" not in rest:
-            out.setdefault(name, []).append(("file", Path(rest)))
-        elif "=" in rest:
-            out.setdefault(name, []).append(("set", rest))
-        else:
-            raise ScenarioError(f"--strategy {text!r}: {rest!r} is neither a YAML file (.yaml) nor a "
-                                f"key.path=value override")
-    return out
+def parse_strategies(items) -> dict[str, Strategy]:
+    """``--strategy`` items (:func:`tme.studies.strategies.parse`) -> name -> strategy, in the
+    order the names first appear."""
+    return {st.name: st for st in strategies_.parse(items)}
 
 
-def _merge(data: dict, fragment: dict, where: str, prefix: str = "") -> list[str]:
-    """Merge ``fragment`` into ``data`` in place (mappings recursively, other values replace;
-    a dotted key is a path); returns the key paths set."""
-    paths = []
-    for key, value in fragment.items():
-        if not isinstance(key, str):
-            raise ScenarioError(f"{where}: key {key!r} is not text")
-        path = f"{prefix}{key}"
-        if "." in key:
-            set_key(data, key, value, f"{where}: {path}", where)
-            paths.append(path)
-        elif isinstance(value, dict) and isinstance(data.get(key), dict):
-            paths += _merge(data[key], value, where, f"{path}.")
-        else:
-            data[key] = value
-            paths.append(path)
-    return paths
-
-
-def strategy_scenario(data: dict, name: str, specs: list, base_dir: Path | None = None
+def strategy_scenario(data: dict, name: str, strategy: Strategy, base_dir: Path | None = None
                       ) -> tuple[Scenario, list[str], list[Path]]:
-    """(the scenario of strategy ``name`` applied to the scenario mapping ``data`` — the
-    CONFIG file's own, with ``--set`` —, the key paths it sets, the files it reads)."""
-    import copy
-
-    from ..config.scenario import apply_override
-
-    data = copy.deepcopy(data)
-    paths, files = [], []
-    for kind, spec in specs:
-        if kind == "file":
-            where = f"--strategy {name}={spec}"
-            try:
-                fragment = _yaml(Path(spec).read_text(encoding="utf-8"))
-            except OSError as exc:
-                raise ScenarioError(f"{where}: cannot read ({exc.strerror})") from None
-            except Exception as exc:  # noqa: BLE001 - YAML errors
-                raise ScenarioError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
-            if not isinstance(fragment, dict):
-                raise ScenarioError(f"{where}: a strategy file is a YAML mapping of sections or key paths")
-            paths += _merge(data, fragment, where)
-            files.append(Path(spec))
-        elif isinstance(spec, dict):
-            for key, value in spec.items():
-                set_key(data, key, value, f"strategy {name}: {key}", "strategy")
-                paths.append(key)
-        else:
-            apply_override(data, spec)
-            paths.append(spec.split("=", 1)[0].strip())
-    scen = validate(data, source=f"strategy {name}", base_dir=base_dir)
-    return scen, paths, files
+    """(the scenario of ``strategy`` applied to the scenario mapping ``data`` — the CONFIG
+    file's own, with ``--set`` —, the key paths it sets, the files it reads)."""
+    changed, paths = strategies_.apply(data, strategy)
+    scen = validate(changed, source=f"strategy {name}", base_dir=base_dir)
+    return scen, paths, strategy.files
 
 
-def raw(path: Path, overrides=()) -> dict:
-    """The mapping of a scenario file with ``--set`` items applied (read as :func:`load` reads
-    it; the file was loaded once already, so it reads)."""
-    from ..config.scenario import apply_override
-
-    data = _yaml(Path(path).read_text(encoding="utf-8"))
-    for item in overrides:
-        apply_override(data, item)
-    return data
-
-
-def _overlap(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+_overlap = strategies_.overlap
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,28 +492,19 @@ def study(config, comm, *, samples=(), n: int | None = None, patients: Path | No
     if len({p.key for p in params}) != len(params):
         raise ScenarioError("tme cohort: a key is sampled twice; sample each key once")
     if isinstance(strategies, dict):
-        specs = {}
-        for name, spec in strategies.items():
-            if not STRATEGY_NAME.fullmatch(str(name)):
-                raise ScenarioError(f"strategy {name!r}: a name of letters, digits, '_', '.' or '-'")
-            if isinstance(spec, (str, Path)) and str(spec).endswith((".yaml", ".yml")):
-                specs[str(name)] = [("file", Path(spec))]
-            elif isinstance(spec, dict):
-                specs[str(name)] = [("dict", spec)]
-            else:
-                specs[str(name)] = [("set", s) for s in ([spec] if isinstance(spec, str) else spec)]
+        specs = {st.name: st for st in strategies_.from_python(strategies)}
     else:
         specs = parse_strategies(list(strategies))
     arms = {}
-    for name, spec in (specs or {"config": []}).items():
-        scen, paths, files = strategy_scenario(data, name, spec, base_dir) if spec else (base, [], [])
+    for name, spec in (specs or {"config": Strategy("config")}).items():
+        scen, paths, files = strategy_scenario(data, name, spec, base_dir) if spec.changes else (base, [], [])
         for p in params:
             hit = next((q for q in paths if _overlap(p.key, q)), None)
             if hit is not None:
                 raise ScenarioError(f"--strategy {name}: sets {hit}, a patient parameter ({p.key}); "
                                     f"patients keep their parameters under every strategy")
         if not scen.treatment.lines:
-            raise ScenarioError(f"tme cohort: {'strategy ' + name if spec else 'the scenario'} has no "
+            raise ScenarioError(f"tme cohort: {'strategy ' + name if spec.changes else 'the scenario'} has no "
                                 f"treatment line (treatment.lines), so no assessment: no progression "
                                 f"and no response to report (an untreated arm is a line with an "
                                 f"empty regimen)")

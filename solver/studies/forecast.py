@@ -40,95 +40,33 @@ import csv
 import io
 import json
 import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import log as tme_log
-from ..config.scenario import Scenario, _yaml, apply_override, load, set_key, validate
+from ..config.scenario import load, set_key, validate
 from ..config.spec import ScenarioError
 from ..config.units import parse_quantity
+from . import strategies as strategies_
 from .fit import Parameter
+from .strategies import Strategy
 
 #: The files tme forecast writes beside runs/ (replaced by --overwrite, nothing else)
 FORECAST_FILES = ("samples.csv", "forecast.csv", "bands.csv", "forecast.png", "forecast.json")
 #: Points of the common time grid of the bands
 GRID = 241
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-@dataclass
-class Strategy:
-    name: str
-    fragments: list = field(default_factory=list)   # (path, mapping)
-    overrides: list = field(default_factory=list)   # 'key.path=value'
-
-    def describe(self) -> str:
-        parts = [str(p) for p, _ in self.fragments] + list(self.overrides)
-        return "; ".join(parts) or "the fitted scenario as it is"
 
 
 def parse_strategies(items) -> list[Strategy]:
-    """``NAME=FILE.yaml``, ``NAME=key.path=value`` or ``NAME=`` items -> strategies in order."""
-    out: dict[str, Strategy] = {}
-    for item in items or ():
-        if not isinstance(item, str) or "=" not in item:
-            raise ScenarioError(f"--strategy {item!r}: expected NAME=FILE.yaml, NAME=key.path=value "
-                                f"or NAME= (the fitted scenario)")
-        name, spec = (p.strip() for p in item.split("=", 1))
-        if not _NAME.match(name):
-            raise ScenarioError(f"--strategy {item!r}: the name {name!r} names files: letters, digits, "
-                                f"'_' and '-'")
-        st = out.setdefault(name, Strategy(name))
-        if not spec:
-            continue
-        head = spec.split("=", 1)[0]
-        if "=" in spec and not head.endswith((".yaml", ".yml")):
-            st.overrides.append(spec)
-            continue
-        path = Path(spec)
-        if path.suffix not in (".yaml", ".yml"):
-            raise ScenarioError(f"--strategy {item!r}: {spec!r} is neither a YAML file (.yaml) nor "
-                                f"key.path=value")
-        try:
-            data = _yaml(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ScenarioError(f"--strategy {name}: {path}: cannot read ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise ScenarioError(f"--strategy {name}: {path}: not a text file") from None
-        except Exception as exc:  # noqa: BLE001 - a YAML error
-            raise ScenarioError(f"--strategy {name}: {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ScenarioError(f"--strategy {name}: {path}: a fragment is a YAML mapping of scenario "
-                                f"sections (e.g. treatment: ...)")
-        st.fragments.append((path, data))
+    """``--strategy`` items (:func:`tme.studies.strategies.parse`: ``NAME=FILE.yaml``,
+    ``NAME=key.path=value`` or ``NAME=``, the fitted scenario), or a dict of the Python form
+    (:func:`tme.studies.strategies.from_python`) -> strategies in order."""
+    out = strategies_.from_python(items) if isinstance(items, dict) else strategies_.parse(items)
     if not out:
         raise ScenarioError("tme forecast: name at least one --strategy NAME=FILE.yaml|key.path=value "
                             "(NAME= for the fitted scenario as it is)")
-    return list(out.values())
-
-
-def merge(base: dict, fragment: dict) -> dict:
-    """``base`` with ``fragment`` merged in: mappings key by key, anything else replaced."""
-    out = dict(base)
-    for k, v in fragment.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
     return out
-
-
-def _keys(data, prefix="") -> list[str]:
-    if isinstance(data, dict) and data:
-        return [k for key, v in data.items() for k in _keys(v, f"{prefix}{key}.")]
-    return [prefix[:-1]]
-
-
-def _touches(changed: str, fitted: str) -> bool:
-    return fitted == changed or fitted.startswith(changed + ".") or changed.startswith(fitted + ".")
 
 
 class Plan:
@@ -167,21 +105,12 @@ class Plan:
         fitted = [p.key for p in self.params]
         self.base = {}
         for st in strategies:
-            data = self.scenario.model_dump(mode="json", by_alias=True)
-            for path, fragment in st.fragments:
-                for k in _keys(fragment):
-                    hit = next((f for f in fitted if _touches(k, f)), None)
-                    if hit:
-                        raise ScenarioError(f"--strategy {st.name}: {path} sets {k}, which the fit "
-                                            f"determined ({hit}); the forecast draws it from the fit")
-                data = merge(data, fragment)
-            for item in st.overrides:
-                key = item.split("=", 1)[0].strip()
-                hit = next((f for f in fitted if _touches(key, f)), None)
+            data, paths = strategies_.apply(self.scenario.model_dump(mode="json", by_alias=True), st)
+            for key in paths:
+                hit = next((f for f in fitted if strategies_.overlap(key, f)), None)
                 if hit:
                     raise ScenarioError(f"--strategy {st.name}: {key} is determined by the fit ({hit}); "
                                         f"the forecast draws it from the fit")
-                apply_override(data, item)
             if self.end is not None:
                 data["time"]["end"] = f"{self.end!r} hour"
             scen = validate(data, source=f"--strategy {st.name}")   # refused before any run
@@ -237,24 +166,19 @@ def forecast(fitdir, strategies, out, comm=None, *, samples: int = 100, seed: in
              end: str | None = None, ranks_per_run: int = 1, overwrite: bool = False) -> dict:
     """Run the forecast (``tme forecast``; see the module docstring); returns the table of
     forecast.csv as a list of dicts, on every rank. ``strategies``: ``--strategy`` items, or a
-    dict name -> item(s) (``"FILE.yaml"``, ``"key.path=value"``, a list of them, or ``""``).
+    dict name -> change(s) (:func:`tme.studies.strategies.from_python`: ``"FILE.yaml"``,
+    ``"key.path=value"``, ``{key.path: value}``, a list of them, or ``""``/None).
     Collective on ``comm``."""
     from mpi4py import MPI
 
     from .batch import groups_for, run_batch, study_directory
 
     comm = MPI.COMM_WORLD if comm is None else comm
-    if isinstance(strategies, dict):
-        items = []
-        for name, specs in strategies.items():
-            for spec in ([specs] if isinstance(specs, str) else list(specs) or [""]):
-                items.append(f"{name}={spec}")
-        strategies = items
     plan = Plan(Path(fitdir), parse_strategies(strategies), int(samples), seed, end)
     groups_for(comm.size, ranks_per_run)
     jobs = plan.jobs()
     inputs = [plan.fitdir / "fit.json", plan.fitdir / "fitted.yaml"] + [
-        p for st in plan.strategies for p, _ in st.fragments]
+        p for st in plan.strategies for p in st.files]
     resumed = study_directory(Path(out), comm, "forecast", overwrite=overwrite, inputs=inputs,
                               owned=FORECAST_FILES)
     if resumed:   # a directory of another forecast is refused before anything is said or run
@@ -272,7 +196,7 @@ def forecast(fitdir, strategies, out, comm=None, *, samples: int = 100, seed: in
                     f"x {plan.samples} parameter set(s) from {plan.fitdir / 'fit.json'}"
                     + (" (continuing)" if resumed else ""))
         for st in plan.strategies:
-            logger.info(f"  {st.name}: {st.describe()}")
+            logger.info(f"  {st.name}: {st.describe("the fitted scenario as it is")}")
     outcomes = run_batch(jobs, comm, ranks_per_run=ranks_per_run, out=Path(out), resume=True,
                          label="forecast")
     table = None
@@ -337,7 +261,7 @@ def _write(out: Path, plan: Plan, jobs, outcomes) -> list[dict]:
         lo, med, hi = _quantiles(ttp_days)
         rf = _quantiles([o.resistant_fraction[-1] for o in good if o.resistant_fraction])
         fb = _quantiles([o.burden[-1] * factor for o in good if o.burden])
-        table.append({"strategy": st.name, "changes": st.describe(), "runs": len(mine),
+        table.append({"strategy": st.name, "changes": st.describe("the fitted scenario as it is"), "runs": len(mine),
                       "failed": len(mine) - len(good),
                       "progressed_fraction": (sum(t is not None for t in ttp) / len(good)) if good else None,
                       "time_to_progression_days_median": med, "time_to_progression_days_p5": lo,
@@ -366,7 +290,7 @@ def _write(out: Path, plan: Plan, jobs, outcomes) -> list[dict]:
     outputs.replace_text(out / "forecast.json", json.dumps({
         "fit": str(plan.fitdir), "samples": plan.samples, "seed": plan.seed,
         "end_hours": plan.end, "burden_unit": unit,
-        "strategies": [{"name": s.name, "changes": s.describe()} for s in plan.strategies],
+        "strategies": [{"name": s.name, "changes": s.describe("the fitted scenario as it is")} for s in plan.strategies],
         "table": table}, indent=2, default=str) + "\n")
     _plot(out / "forecast.png", plan, grid, bands, unit)
     return table

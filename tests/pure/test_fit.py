@@ -315,7 +315,8 @@ def test_the_patient_example_reads_and_its_strategies_apply():
 
     from pathlib import Path
 
-    from tme.studies.forecast import merge, parse_strategies
+    from tme.studies import strategies
+    from tme.studies.forecast import parse_strategies
     from tme.studies.measurements import mesh_dim
 
     folder = Path(__file__).resolve().parents[2] / "configs" / "patient_fit"
@@ -326,7 +327,7 @@ def test_the_patient_example_reads_and_its_strategies_apply():
     assert [o.column for o in meas.observables] == ["burden", "resistant_fraction"]
     assert "made by the solver" in (folder / "measurements.csv").read_text()
     (st,) = parse_strategies([f"combination={folder / 'combination.yaml'}"])
-    data = merge(s.model_dump(mode="json", by_alias=True), st.fragments[0][1])
+    data, _ = strategies.apply(s.model_dump(mode="json", by_alias=True), st)
     combined = tme.config.scenario.validate(data)
     assert set(combined.drugs) == {"chemo", "inhibitor"}
     assert [d.drug for d in combined.treatment.lines[0].regimen] == ["chemo", "inhibitor"]
@@ -377,7 +378,7 @@ def test_forecast_strategies(tmp_path):
     sts = parse_strategies(["actual=", f"frag={frag}", "frag=time.dt=2 hour",
                             "hol=treatment.assessment.every=2 week"])
     assert [s.name for s in sts] == ["actual", "frag", "hol"]
-    assert sts[1].overrides == ["time.dt=2 hour"] and sts[1].fragments[0][0] == frag
+    assert sts[1].changes[1] == ("set", "time.dt=2 hour") and sts[1].files == [frag]
     plan = Plan(tmp_path, sts, 3, seed=0, end="10 day")
     jobs = plan.jobs()
     assert [j.name for j in jobs][:4] == ["actual__0000", "actual__0001", "actual__0002", "frag__0000"]

@@ -234,7 +234,7 @@ def test_strategies_are_fragments_or_overrides_applied_before_the_patient(base, 
     frag.write_text("treatment:\n  assessment: {every: 2 day}\ndrugs.chemo.emax: 0.3 1/hour\n")
     specs = cohort.parse_strategies([f"holiday={frag}", "strong=drugs.chemo.emax=0.5 1/hour",
                                      "strong=time.end=20 day"])
-    assert list(specs) == ["holiday", "strong"] and len(specs["strong"]) == 2
+    assert list(specs) == ["holiday", "strong"] and len(specs["strong"].changes) == 2
     data = json.loads(json.dumps(BASE))
     scen, paths, files = cohort.strategy_scenario(data, "holiday", specs["holiday"])
     assert scen.treatment.assessment.every == 48.0 and scen.drugs["chemo"].emax == pytest.approx(0.3)
@@ -252,8 +252,8 @@ def test_strategies_are_fragments_or_overrides_applied_before_the_patient(base, 
         cohort.parse_strategies(["x=notafile"])
     # NAME= is the scenario as it is, as tme forecast takes it
     plain = cohort.parse_strategies(["as_is=", f"holiday={frag}"])
-    assert plain["as_is"] == [] and list(plain) == ["as_is", "holiday"]
-    assert cohort.strategy_scenario(json.loads(json.dumps(BASE)), "as_is", [])[0] == base
+    assert plain["as_is"].changes == [] and list(plain) == ["as_is", "holiday"]
+    assert cohort.strategy_scenario(json.loads(json.dumps(BASE)), "as_is", plain["as_is"])[0] == base
 
 
 # --------------------------------------------------------------------------------------------
