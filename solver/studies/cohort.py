@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import log
-from ..config.scenario import Scenario, load, validate
+from ..config.scenario import Scenario, _yaml, load, validate
 from ..config.spec import ScenarioError
 from .batch import Job, groups_for, run_batch, study_directory
 from . import strategies as strategies_
@@ -237,6 +237,17 @@ def strategy_scenario(data: dict, name: str, strategy: Strategy, base_dir: Path 
     changed, paths = strategies_.apply(data, strategy)
     scen = validate(changed, source=f"strategy {name}", base_dir=base_dir)
     return scen, paths, strategy.files
+
+
+def raw(path: Path, overrides=()) -> dict:
+    """The mapping of a scenario file with ``--set`` items applied (read as :func:`load` reads
+    it; the file was loaded once already, so it reads)."""
+    from ..config.scenario import apply_override
+
+    data = _yaml(Path(path).read_text(encoding="utf-8"))
+    for item in overrides:
+        apply_override(data, item)
+    return data
 
 
 _overlap = strategies_.overlap
