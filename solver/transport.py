@@ -61,9 +61,6 @@ ESTIMATE_RTOL = 0.2
 #: How often the error estimate is filtered by (M + τA)⁻¹M: twice, so that a stiff mode's
 #: estimate falls like its true error, as 1/(λ dt) (see :meth:`SpeciesSolver._embedded_error`).
 FILTERS = 2
-#: An AMG hierarchy built for steps of τ₀ preconditions steps of τ within this factor of τ₀
-#: (a step-size controller changes τ every step; a set-up costs about ten V-cycles).
-PC_REUSE_RATIO = 4.0
 
 
 @dataclass
@@ -344,35 +341,20 @@ class SpeciesSolver:
         d[~self.free] = 0.0
         return d
 
-    def _keeps_hierarchy(self, tau: float) -> bool:
-        """May the AMG hierarchy built for steps of :attr:`pc_dt` precondition steps of ``tau``?
-
-        M/τ + A changes smoothly with τ: within a factor :data:`PC_REUSE_RATIO` the old
-        hierarchy costs at most an iteration or two, against a BoomerAMG set-up of about ten
-        V-cycles (docs/performance.md). Where the solver choice itself would change (``auto``
-        crossing ``amg_threshold``), the solver is configured afresh."""
-        if self.pc_kind != "amg" or self.pc_dt is None or self._dt is None:
-            return False
-        if self.solver_choice == "auto" and not (self.h and self.D_max * tau / self.h ** 2 > self.amg_threshold):
-            return False
-        return max(tau / self.pc_dt, self.pc_dt / tau) <= PC_REUSE_RATIO
-
     def _matrix(self, tau: float, n_tot: np.ndarray | None) -> bool:
         """Write M/τ + A for cell density ``n_tot``: a diagonal write, and a copy and an AXPY
         of K when τ changed (consistent mass); never an assembly. True when τ changed."""
         new_tau = tau != self._dt
-        keep = not new_tau or self._keeps_hierarchy(tau)
         if new_tau:
-            self.step_matrix(tau, n_tot, keep_preconditioner=keep)
+            self.step_matrix(tau, n_tot)
         else:
             self._diag.array[:] = self.base_diag + self.diagonal(tau, n_tot)
             self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
-        # Re-use the preconditioner while only N_tot moved, or τ moved within PC_REUSE_RATIO of
-        # the step it was built for: its hierarchy stays a good one.
-        self.ksp.getPC().setReusePreconditioner(keep and self.pc_kind == "amg")
-        if not keep or self.pc_kind != "amg":
+        # Re-use the preconditioner while only N_tot moved: its hierarchy stays a good one.
+        self.ksp.getPC().setReusePreconditioner(not new_tau and self.pc_kind == "amg")
+        if new_tau or self.pc_kind != "amg":
             COUNTERS.pc_setups += 1
-        if not keep and self.pc_kind == "amg":
+        if new_tau and self.pc_kind == "amg":
             # a reused preconditioner is part of the state: a resumed run rebuilds it from this
             self.pc_n_tot = None if n_tot is None else n_tot[: self.m.size].copy()
             self.pc_dt = tau
@@ -587,10 +569,9 @@ class SpeciesSolver:
         self.pc_n_tot = None if n_tot is None else np.array(n_tot[: self.m.size])
         self.pc_dt = dt
 
-    def step_matrix(self, dt: float, n_tot: np.ndarray | None, keep_preconditioner: bool = False) -> None:
+    def step_matrix(self, dt: float, n_tot: np.ndarray | None) -> None:
         """Configure the solver for solves over ``dt`` [hour] (M/dt + A) and write that
-        matrix at cell density ``n_tot``; ``keep_preconditioner``: the solver stays configured
-        as it is and its AMG hierarchy is kept (:meth:`_keeps_hierarchy`)."""
+        matrix at cell density ``n_tot``."""
         if self.M is not None:
             # A = K + M/dt; same sparsity, so a copy and an AXPY, not an assembly
             self.K.copy(self.A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
@@ -598,11 +579,10 @@ class SpeciesSolver:
             self.base_diag = self.K_diag.array + self.M_diag.array / dt
         else:
             self.base_diag = self.K_diag.array.copy()
-        if not keep_preconditioner:
-            self._configure_solver(dt)
+        self._configure_solver(dt)
         self._diag.array[:] = self.base_diag + self.diagonal(dt, n_tot)
         self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
-        self.ksp.getPC().setReusePreconditioner(keep_preconditioner)
+        self.ksp.getPC().setReusePreconditioner(False)
         self._dt = dt
 
     def balance(self) -> dict:
