@@ -49,6 +49,8 @@ bench: env
 	$(ENV) mpirun -n 2 python3 bench/coupled.py --skip-kernel
 	$(ENV) python3 bench/vasculature.py
 	$(ENV) mpirun -n 2 python3 bench/vasculature.py
+	$(ENV) python3 bench/cohort.py
+	$(ENV) mpirun -n 2 python3 bench/cohort.py
 
 clean:
 	rm -rf results/default .pytest_cache

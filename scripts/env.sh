@@ -134,7 +134,18 @@ exec chroot "$r" /usr/bin/env -u PYTHONHOME -u VIRTUAL_ENV -u prte_map \
 
 ensure() {
     native_dolfinx && return 0
+    [ -d "$(root_dir)" ] && return 0
+    # one build at a time in the cache (the lock is the cache directory itself, so no file is
+    # left behind): a second caller (another shell, a test run, CI) waits for the first and then
+    # uses its root instead of building its own copy alongside
+    mkdir -p "$CACHE"
+    exec 9<"$CACHE"
+    if ! flock -n 9; then
+        say "waiting for an environment build already under way in $CACHE"
+        flock 9
+    fi
     [ -d "$(root_dir)" ] || build_root
+    exec 9>&-
 }
 
 cmd="${1:-}"; shift || true

@@ -10,6 +10,11 @@ The Python API (docs/api.md)::
     results.timeseries, results.events, results.summary            # DataFrames and a dict
     results.field("total", "5 day"), results.plot()
     table = tme.compare({"a": scenario, "b": shorter})             # a DataFrame, one row per run
+    tme.sensitivity(scenario, {"drugs.doxorubicin.emax": ("0.05 1/hour", "0.5 1/hour")},
+                    samples=64, output="final_burden").indices           # Sobol' indices
+    tme.cohort(scenario, sample={"clones.clones.sensitive.growth": "lognormal(0.5 1/day, 0.3)"},
+               n=100, seed=1).summary                                     # response, TTP, HR
+    result = tme.fit(scenario, "patient.csv", {"drugs.dox.emax": "0.01 1/hour..0.5 1/hour"})
 
 Its names are imported when first used, so ``import tme`` loads neither DOLFINx nor pandas.
 
@@ -20,7 +25,7 @@ dynamics and their compiled kernel), ``clock`` and ``state`` (the step clock, wh
 time) -> ``mesh`` and ``tissue`` (the domain and its properties), ``transport`` (drugs, survival
 factor, oxygen), ``vasculature`` (vessel networks and blood flow) -> ``outputs`` -> ``problem``
 (initialise, iterate, run, resume) -> ``results`` (the Python face of a run) -> ``studies``
-(compare, verify) -> ``cli``.
+(batch: the study engine; compare, verify; measurements, fit, forecast) -> ``cli``.
 """
 
 if __name__ != "tme":   # one name, so that no module is imported twice under two
@@ -37,6 +42,11 @@ _API = {
     "Results": ("tme.results", "Results"),
     "FieldValues": ("tme.results", "FieldValues"),
     "compare": ("tme.studies.compare", "table"),
+    "sensitivity": ("tme.studies.sensitivity", "sensitivity"),
+    "cohort": ("tme.studies.cohort", "cohort"),
+    "fit": ("tme.studies.fit", "fit"),
+    "FitResult": ("tme.studies.fit", "FitResult"),
+    "forecast": ("tme.studies.forecast", "forecast"),
     "Problem": ("tme.problem", "Problem"),
     "RunError": ("tme.problem", "RunError"),
 }

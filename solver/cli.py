@@ -1,4 +1,4 @@
-"""The ``tme`` command line: run, validate, schema, verify, compare, examples.
+"""The ``tme`` command line: run, validate, schema, verify, compare, sensitivity, cohort, examples.
 
 Run in parallel as ``mpirun -n N tme run CONFIG``. Errors a user can cause (a bad argument,
 scenario, mesh or output directory, a full disk, a run stopped by its NaN guard, not enough
@@ -108,6 +108,102 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--max-memory", **memory)
 
+    def study_options(q):
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a value in every run (repeatable)")
+        q.add_argument("--out", type=Path, required=True, help="output directory (the same command on "
+                       "the same --out continues a stopped study)")
+        q.add_argument("--overwrite", action="store_true", help="start afresh: remove the study's "
+                       "files in --out first")
+        q.add_argument("--ranks-per-run", type=int, default=1, metavar="N",
+                       help="MPI ranks of each run (must divide the job's ranks; default 1: "
+                            "as many runs at once as ranks)")
+        q.add_argument("--max-memory", **memory)
+
+    s = add("sensitivity", help="global sensitivity of an outcome to parameters (Sobol' indices "
+            "or Morris screening)")
+    s.add_argument("config", type=Path, metavar="CONFIG")
+    s.add_argument("--vary", action="append", default=[], metavar="KEY=LOW..HIGH", required=True,
+                   help="a parameter and its range with units, e.g. "
+                        "drugs.doxorubicin.emax='0.05 1/hour..0.5 1/hour' (repeatable)")
+    s.add_argument("--log", action="append", default=[], metavar="KEY",
+                   help="sample this varied key uniformly in log (repeatable)")
+    s.add_argument("--samples", type=int, required=True, metavar="N",
+                   help="Sobol': base samples, a power of 2 (N·(d+2) runs); Morris: trajectories "
+                        "(N·(d+1) runs)")
+    s.add_argument("--output", required=True, metavar="METRIC",
+                   help="time_to_progression, nadir, final_burden or final_resistant_fraction")
+    s.add_argument("--method", choices=("sobol", "morris"), default="sobol")
+    s.add_argument("--seed", type=int, default=0, help="seed of the design (default 0)")
+    study_options(s)
+
+    h = add("cohort", help="a virtual cohort: sampled patients under one or more strategies "
+            "(Kaplan-Meier, response rates, hazard ratios)")
+    h.add_argument("config", type=Path, metavar="CONFIG")
+    h.add_argument("--sample", action="append", default=[], metavar="KEY=DISTRIBUTION",
+                   help="a patient parameter: lognormal(median, cv), uniform(low, high) or "
+                        "normal(mean, sd), with units, e.g. "
+                        "clones.clones.sensitive.growth='lognormal(0.5 1/day, 0.3)' (repeatable)")
+    h.add_argument("--n", type=int, metavar="N", help="number of patients (with --sample)")
+    h.add_argument("--patients", type=Path, metavar="FILE.csv",
+                   help="patients from a CSV file: one row per patient, one column per key path "
+                        "('key [unit]' with bare numbers, or 'key' with units in the cells)")
+    h.add_argument("--strategy", action="append", default=[], metavar="NAME=FILE_OR_OVERRIDE",
+                   help="an arm: NAME=fragment.yaml, NAME=key.path=value (repeat NAME for more "
+                        "overrides) or NAME= (the scenario as it is); the first is the reference of the hazard ratios")
+    h.add_argument("--seed", type=int, help="seed of the sampled patients (needed with --sample)")
+    study_options(h)
+    t = add("fit", help="fit scenario values to a patient's measurements (weighted least squares, "
+            "Laplace uncertainty)")
+    t.add_argument("config", type=Path, metavar="CONFIG")
+    t.add_argument("--data", type=Path, required=True, metavar="MEASUREMENTS.csv",
+                   help="the measurements: 'time [day]' and any of 'burden [mm^3]' (or [mm^2], "
+                        "[cell]), 'resistant_fraction', 'fraction_<clone>[@<region>]', each with "
+                        "an optional '<column>_sd' (docs/api.md, Fitting)")
+    t.add_argument("--fit", dest="params", action="append", default=[], metavar="KEY=LOW..HIGH",
+                   help="a scenario key to fit and its bounds with their unit, e.g. "
+                        "--fit 'drugs.chemo.emax=0.005 1/hour..0.1 1/hour' (repeatable)")
+    t.add_argument("--log", dest="log_keys", action="append", default=[], metavar="KEY",
+                   help="fit this key on a log scale (repeatable)")
+    t.add_argument("--start", action="append", default=[], metavar="KEY=VALUE",
+                   help="start from this value instead of the scenario's (repeatable)")
+    t.add_argument("--noise", action="append", default=[], metavar="[COLUMN=]MODEL",
+                   help="noise of the rows without an sd: 'lognormal:cv=0.1' (burden), "
+                        "'resistant_fraction=normal:sd=0.05', 'fractions=normal:sd=0.05'")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a scenario value first (repeatable)")
+    t.add_argument("--multistart", type=int, default=0, metavar="K",
+                   help="K more starts from a scrambled Sobol design in the bounds; the best is kept")
+    t.add_argument("--seed", type=int, default=0, help="seed of the Sobol design (default 0)")
+    t.add_argument("--ranks-per-run", type=int, default=1, metavar="R",
+                   help="ranks of each forward run; the job's ranks / R runs go at once (default 1)")
+    t.add_argument("--fd-step", type=float, default=None, metavar="H",
+                   help="forward-difference step as a fraction of each scaled range (default "
+                        "sqrt of the runs' noise level: time.tolerance, else the linear tolerance)")
+    t.add_argument("--time-tolerance", type=float, default=None, metavar="TOL",
+                   help="time.tolerance of the fit's runs (tighter than the scenario's: less noise)")
+    t.add_argument("--max-evaluations", type=int, default=100, metavar="N",
+                   help="evaluations of the residuals per start (default 100)")
+    t.add_argument("--out", type=Path, required=True, help="output directory")
+    t.add_argument("--overwrite", action="store_true", help="replace the fit's files in --out")
+
+    w = add("forecast", help="forecast strategies from a fit: parameter sets drawn from its "
+            "uncertainty, each run under each strategy; median and 90 %% bands")
+    w.add_argument("fitdir", type=Path, metavar="FITDIR", help="the --out of a tme fit")
+    w.add_argument("--strategy", dest="strategies", action="append", default=[],
+                   metavar="NAME=SPEC", help="a strategy: NAME=FILE.yaml (a scenario fragment "
+                   "merged into the fitted scenario), NAME=key.path=value (an override), or NAME= "
+                   "(the fitted scenario); repeat a NAME to add changes (repeatable)")
+    w.add_argument("--samples", type=int, default=100, metavar="N",
+                   help="parameter sets drawn from the fit (default 100)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    w.add_argument("--end", default=None, metavar="TIME", help="time.end of every run, e.g. '365 day'")
+    w.add_argument("--ranks-per-run", type=int, default=1, metavar="R")
+    w.add_argument("--out", type=Path, required=True, help="output directory (the same command "
+                   "on the same --out continues a stopped forecast)")
+    w.add_argument("--overwrite", action="store_true", help="start afresh in --out (the forecast's "
+                   "files only)")
+
     f = add("verify", help="run the verification cases against closed forms")
     f.add_argument("--case", action="append", default=[], help="run only these cases (repeatable)")
 
@@ -128,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     all_ranks, quiet = getattr(args, "log_all_ranks", False), getattr(args, "quiet", False)
     logger = log.setup(comm.rank, comm.size, all_ranks, level=30 if quiet else 20)
     if args.command is None:
-        _say("tme: error: a command is needed: run, validate, compare, schema, verify or examples "
-             "(see 'tme --help')")
+        _say("tme: error: a command is needed: run, validate, compare, fit, forecast, sensitivity, "
+             "cohort, schema, verify or examples (see 'tme --help')")
         return 2
     try:
         return _dispatch(args, comm)
@@ -215,6 +311,57 @@ def _dispatch(args, comm) -> int:
         try:
             compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
                     overwrite=args.overwrite, max_memory=args.max_memory)
+        except Stopped as exc:
+            if comm.rank == 0:
+                print(str(exc), file=sys.stderr, flush=True)
+            return 128 + exc.signal
+        return 0
+    if args.command in ("sensitivity", "cohort"):
+        from .studies.batch import Stopped
+
+        try:
+            if args.command == "sensitivity":
+                from .studies.sensitivity import study
+
+                study(args.config, args.vary, args.samples, args.output, comm, method=args.method,
+                      logs=args.log, seed=args.seed, overrides=args.overrides, out=args.out,
+                      overwrite=args.overwrite, ranks_per_run=args.ranks_per_run,
+                      max_memory=args.max_memory)
+            else:
+                from .studies.cohort import study
+
+                study(args.config, comm, samples=args.sample, n=args.n, patients=args.patients,
+                      strategies=args.strategy, seed=args.seed, overrides=args.overrides,
+                      out=args.out, overwrite=args.overwrite, ranks_per_run=args.ranks_per_run,
+                      max_memory=args.max_memory)
+        except Stopped as exc:
+            if comm.rank == 0:
+                print(str(exc), file=sys.stderr, flush=True)
+            return 128 + exc.signal
+        return 0
+    if args.command == "fit":
+        from .studies.batch import Stopped
+        from .studies.fit import fit, parse_assignments
+
+        try:
+            fit(args.config, args.data, args.params, log=args.log_keys, noise=args.noise,
+                start=parse_assignments(args.start, "--start"),
+                overrides=args.overrides, out=args.out, comm=comm, ranks_per_run=args.ranks_per_run,
+                multistart=args.multistart, seed=args.seed, fd_step=args.fd_step,
+                time_tolerance=args.time_tolerance, max_evaluations=args.max_evaluations,
+                overwrite=args.overwrite)
+        except Stopped as exc:
+            if comm.rank == 0:
+                print(str(exc), file=sys.stderr, flush=True)
+            return 128 + exc.signal
+        return 0
+    if args.command == "forecast":
+        from .studies.batch import Stopped
+        from .studies.forecast import forecast
+
+        try:
+            forecast(args.fitdir, args.strategies, args.out, comm, samples=args.samples, seed=args.seed,
+                     end=args.end, ranks_per_run=args.ranks_per_run, overwrite=args.overwrite)
         except Stopped as exc:
             if comm.rank == 0:
                 print(str(exc), file=sys.stderr, flush=True)

@@ -120,6 +120,14 @@ def geometry_dofmap(msh):
     return msh.geometry.dofmap
 
 
+def coordinate_element(msh):
+    """The coordinate element of a single-cell-type mesh (0.11 deprecates ``geometry.cmap``
+    for ``geometry.cmaps[0]``)."""
+    if VERSION >= (0, 11):
+        return msh.geometry.cmaps[0]
+    return msh.geometry.cmap
+
+
 def interpolation_points(V):
     """The reference points at which an expression is evaluated to interpolate into ``V`` (a
     method of the element up to 0.9, a property from 0.10 on)."""

@@ -1,4 +1,8 @@
-"""Logging that only rank 0 speaks, unless every rank is asked to (``--log-all-ranks``)."""
+"""Logging that only rank 0 speaks, unless every rank is asked to (``--log-all-ranks``).
+
+A record logged with ``extra={"any_rank": True}`` is printed by whichever rank logs it: the
+rank 0 of a group of ranks that speaks for its group (a failed run of a study).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +19,28 @@ class _RankFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.rank = self.rank
-        return self.all_ranks or self.rank == 0
+        return self.all_ranks or self.rank == 0 or getattr(record, "any_rank", False)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a message is logged: a program (pytest,
+    a notebook, a caller redirecting output) may replace and close the stream that was
+    ``sys.stderr`` when the logger was set up, and a handler holding that stream would fail on
+    every later message ("I/O operation on closed file")."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)   # StreamHandler's would bind the stream of the moment
+
+    @property
+    def stream(self):
+        return sys.stderr
 
 
 def setup(rank: int = 0, size: int = 1, all_ranks: bool = False, level: int = logging.INFO) -> logging.Logger:
     """Configure the ``tme`` logger for this rank; returns it."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     prefix = "[%(rank)d] " if (all_ranks and size > 1) else ""
     handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
     handler.addFilter(_RankFilter(rank, all_ranks))

@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-# tests/runs.py and the bad-input corpus (tests/bad_inputs/) serve the tests of every folder;
+# tests/runs.py, tests/minimal.py and the bad-input corpus (tests/bad_inputs/) serve the tests of
+# every folder;
 # the benchmarks' example population serves the reaction tests (bench/reactions.py)
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent / "bench"))
+
+from minimal import MINIMAL  # noqa: E402
 
 #: what the finite-element layers import
 FE = ("dolfinx", "ufl", "basix", "ffcx", "petsc4py")
@@ -69,3 +72,11 @@ def comm():
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
+
+
+@pytest.fixture
+def minimal(tmp_path):
+    """The smallest scenario tme accepts (tests/minimal.py), as the file ``tmp_path/s.yaml``."""
+    p = tmp_path / "s.yaml"
+    p.write_text(MINIMAL)
+    return p

@@ -31,8 +31,8 @@ from ..config.clones import ClonesSpec
 from ..pharmacology import DRUG_CLASSES
 from ..config.drugs import DrugSpec
 
-#: Dofs per block. The cost per dof was the same for 4k-16k dofs per block on the machine of
-#: PERFORMANCE-NOTES; fewer, larger blocks mean fewer Python-level calls.
+#: Dofs per block. The cost per dof was the same for 4k-16k dofs per block on a 2-core
+#: test machine; fewer, larger blocks mean fewer Python-level calls.
 BLOCK = 16384
 
 #: Densities below this are set to 0, and the kill factor exp(-κ dt) is held above it: values

@@ -11,6 +11,7 @@ and what would be valid; the CLI prints that line, without a traceback.
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -673,6 +674,7 @@ def set_key(data: dict, key: str, value: Any, item: str | None = None, how: str 
         what = "is empty" if not key else f"{key!r} has an empty part"
         raise ScenarioError(f"{item}: the key path {what}; write e.g. time.end='10 day'")
     parts = [p.strip() for p in parts]
+    _refuse_new_entry_on_the_way(data, parts, how, key)
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
         if isinstance(node, list):
@@ -693,6 +695,63 @@ def set_key(data: dict, key: str, value: Any, item: str | None = None, how: str 
             raise ScenarioError(f"{how} {key}: '{parts[-1]}' is not an index of a list of {len(node)}") from None
     else:
         node[parts[-1]] = value
+
+
+def _field_type(annotation):
+    """The one model or ``dict[Name, X]`` an annotation holds (Optional and Annotated peeled),
+    or None where it is a union of several or a plain value."""
+    import typing
+
+    from pydantic import BaseModel
+
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None
+            annotation = args[0]
+        else:
+            break
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is dict:
+        return annotation
+    return None
+
+
+#: The mappings whose entries define a thing by their name (a new one is given whole).
+DEFINING = {("drugs",), ("clones", "clones")}
+
+
+def _refuse_new_entry_on_the_way(data: dict, parts: list[str], how: str, key: str) -> None:
+    """A change inside a named entry that does not exist (``clones.clones.sensitve.growth``,
+    a misspelt clone) would create that entry with every other value at its default: refused,
+    naming the entries there. A new entry is added whole (``clones.clones.new={...}``)."""
+    import typing
+
+    model, node = Scenario, data
+    for depth, part in enumerate(parts[:-1]):
+        if model is None or not isinstance(node, dict):
+            return
+        if isinstance(model, type):
+            field = model.model_fields.get(part) or next(
+                (f for f in model.model_fields.values() if f.alias == part), None)
+            if field is None:
+                return                  # the validation names an unknown key
+            model, node = _field_type(field.annotation), node.get(part)
+            continue
+        # a mapping of named entries: this part is an entry's name. Only the mappings that
+        # define what their names mean are checked here (a drug, a clone); the others name
+        # regions, drugs or clones defined elsewhere, which the validation checks
+        if part not in node and tuple(parts[:depth]) in DEFINING:
+            where = ".".join(parts[:depth])
+            names = ", ".join(map(str, node)) or "none"
+            raise ScenarioError(f"{how} {key}: {where} has no entry {part!r} (entries: {names}); "
+                                f"a new one is set whole, e.g. {how} {where}.{part}='{{...}}'")
+        model, node = _field_type(typing.get_args(model)[1]), node.get(part)
 
 
 def validate(data: dict, source: str = "scenario", base_dir: Path | None = None) -> Scenario:
@@ -810,7 +869,7 @@ def _unwrap(ann):
         origin = typing.get_origin(ann)
         if origin is Annotated:
             ann = typing.get_args(ann)[0]
-        elif origin is Union:
+        elif origin is Union or origin is types.UnionType:   # Optional[X] and X | None alike
             models = [a for a in typing.get_args(ann) if a is not type(None)]
             if len(models) != 1:
                 return ann
@@ -831,6 +890,42 @@ def _valid_keys(path: list[str], tags: list[str] = ()) -> list[str]:
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return [f.alias or n for n, f in ann.model_fields.items()]
     return []
+
+
+def quantity_units(key: str) -> tuple[str, str] | None:
+    """(base unit, unit shown) of the quantity at the dotted scenario ``key`` (list items by
+    index, as ``--set`` takes them), e.g. ``('1/hour', '1/day')`` for
+    ``clones.clones.sensitive.growth``; None when the key holds no declared quantity (a bare
+    number, text, a section, or no such key)."""
+    return _quantity_units([p.strip() for p in key.split(".")])
+
+
+def value_at(scenario: Scenario, key: str) -> Any:
+    """The validated value at the dotted ``key`` of ``scenario`` (in base units; list items by
+    index); raises ScenarioError with one line naming the first part that is not there."""
+    node: Any = scenario
+    parts = [p.strip() for p in key.split(".")]
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[:depth + 1])
+        if isinstance(node, BaseModel):
+            name = part if part in type(node).model_fields else next(
+                (n for n, f in type(node).model_fields.items() if f.alias == part), None)
+            if name is None:
+                valid = [f.alias or n for n, f in type(node).model_fields.items()]
+                raise ScenarioError(f"{key}: no key {here!r}; valid keys here: {', '.join(valid)}")
+            node = getattr(node, name)
+        elif isinstance(node, dict):
+            if part not in node:
+                raise ScenarioError(f"{key}: no key {here!r}; keys here: {', '.join(map(str, node)) or '(none)'}")
+            node = node[part]
+        elif isinstance(node, (list, tuple)):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ScenarioError(f"{key}: {here!r} is not an index of a list of {len(node)}") from None
+        else:
+            raise ScenarioError(f"{key}: {'.'.join(parts[:depth])!r} is a value, not a section")
+    return node
 
 
 def resolved_yaml(scenario: Scenario) -> str:

@@ -40,18 +40,20 @@ class Output(Protocol):
     def close(self, state) -> None: ...
 
 
-def check_directory(out: Path, comm, overwrite: bool, inputs=()) -> None:
+def check_directory(out: Path, comm, overwrite: bool, inputs=(), owned=None) -> None:
     """Refuse an ``out`` a run cannot write into, before its (possibly long) set-up.
 
     Refused: a file (the scenario itself, or anything else); a path below a file; a directory
     on a read-only filesystem or without write permission, or that cannot be created there; a
     non-empty directory without ``overwrite``; with ``overwrite``, a directory in which the run
-    would replace one of its own ``inputs`` (the scenario or mesh file). Writes nothing.
+    would replace one of its own ``inputs`` (the scenario or mesh file). ``owned``: the files
+    and folders the command writes there (default those of a run, RUN_FILES). Writes nothing.
     """
     err = None
     if comm.rank == 0:
         try:
-            err = _directory_problem(Path(out), overwrite, [Path(p) for p in inputs])
+            err = _directory_problem(Path(out), overwrite, [Path(p) for p in inputs],
+                                     RUN_FILES if owned is None else tuple(owned))
         except OSError as exc:  # a name too long, a loop of links, ...
             err = f"--out {out}: {exc.strerror or exc}"
     err = comm.bcast(err, root=0)
@@ -59,7 +61,7 @@ def check_directory(out: Path, comm, overwrite: bool, inputs=()) -> None:
         raise ScenarioError(err)
 
 
-def _directory_problem(out: Path, overwrite: bool, inputs: list[Path]) -> str | None:
+def _directory_problem(out: Path, overwrite: bool, inputs: list[Path], owned=None) -> str | None:
     from ..resources import existing_ancestor
 
     if out.exists() and not out.is_dir():
@@ -79,7 +81,7 @@ def _directory_problem(out: Path, overwrite: bool, inputs: list[Path]) -> str | 
         if not overwrite:
             return (f"--out {out}: directory is not empty; choose another --out or pass --overwrite "
                     "to replace the results in it")
-        for name in RUN_FILES:
+        for name in RUN_FILES if owned is None else owned:
             if any(p.exists() and (out / name).exists() and _within(p, out / name) for p in inputs):
                 return (f"--out {out}: --overwrite would replace {out / name}, which this run "
                         "reads; choose another --out")
@@ -107,17 +109,17 @@ def check_space(out: Path, comm, nbytes: float, what: str) -> None:
         raise ScenarioError(err)
 
 
-def prepare_directory(out: Path, comm, overwrite: bool, inputs=()) -> Path:
+def prepare_directory(out: Path, comm, overwrite: bool, inputs=(), owned=None) -> Path:
     """Create ``out``; a non-empty directory is refused unless ``overwrite``.
 
-    With ``overwrite`` only the files a run writes are removed, never anything else a user keeps
-    there.
+    With ``overwrite`` only the files a run writes (``owned``: default RUN_FILES) are removed,
+    never anything else a user keeps there.
     """
     out = Path(out)
-    check_directory(out, comm, overwrite, inputs)
+    check_directory(out, comm, overwrite, inputs, owned)
     if comm.rank == 0:
         if out.is_dir() and overwrite:
-            for name in RUN_FILES:
+            for name in RUN_FILES if owned is None else owned:
                 p = out / name
                 if p.is_dir():
                     shutil.rmtree(p)

@@ -34,6 +34,8 @@ from .. import log
 from .. import outputs
 from ..config.scenario import Scenario, apply_override, load, validate
 from ..config.spec import ScenarioError
+from .batch import Stopped, agree as _agree, split
+from .params import split_top as _split_top
 
 COLUMNS = ["run", "config", "overrides", "time_to_progression_days",
            "time_to_treatment_failure_days", "nadir", "nadir_day", "final_burden",
@@ -59,23 +61,6 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
     if not key.strip() or not vals:
         raise ScenarioError(f"--sweep {text!r}: expected key.path=v1,v2,...")
     return key.strip(), vals
-
-
-def _split_top(text: str) -> list[str]:
-    """``text`` split at the commas outside brackets and braces."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
 
 
 def plan(configs: list, sweeps: list[str], overrides: list[str], labels=None) -> list[RunPlan]:
@@ -148,7 +133,7 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
     """
     from mpi4py import MPI
 
-    from ..problem import Problem, StopSignals
+    from ..problem import Problem, StopSignals, logging_for
 
     logger = log.get()
     runs = plan(configs, list(sweeps), list(overrides), labels)  # every rank reads every file alike
@@ -157,13 +142,11 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
     if out is not None:
         outputs.check_directory(out, comm, overwrite, inputs)
     groups = min(comm.size, len(runs))
-    color = comm.rank * groups // comm.size
-    sub = comm.Split(color, comm.rank)
+    color, sub = split(comm, groups)
     try:
         mine = [i for i in range(len(runs)) if i % groups == color]
-        failure, level = None, logger.level
-        logger.setLevel(30)  # the runs report themselves when they start
-        try:
+        failure = None
+        with logging_for(True):  # the runs report themselves when they start
             for i in mine:
                 if runs[i].results is not None:
                     continue
@@ -172,8 +155,6 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
                 except ScenarioError as exc:  # agreed within the group by the set-up itself
                     failure = (i, f"run {runs[i].name} ({runs[i].config}): {exc}")
                     break
-        finally:
-            logger.setLevel(level)
         _agree(comm, failure)
         if out is not None:
             out = outputs.prepare_directory(out, comm, overwrite, inputs)
@@ -194,18 +175,16 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
                     break
                 if sub.rank == 0:
                     log.get().info(f"[{r.name}] starting on {sub.size} rank(s)")
-                level = logger.level
-                logger.setLevel(30)
                 try:
-                    problem = Problem(r.scenario, sub, None if out is None else out / r.name, overwrite=overwrite,
-                                      max_memory=max_memory, inputs=inputs).initialise()
-                    summary = problem.run()
+                    with logging_for(True):
+                        problem = Problem(r.scenario, sub, None if out is None else out / r.name,
+                                          overwrite=overwrite, max_memory=max_memory,
+                                          inputs=inputs).initialise()
+                        summary = problem.run()
                 except ScenarioError as exc:  # a run stopped (RunError): the others finish theirs
                     kept = f"; the other runs' results are in {out}" if out is not None else ""
                     failure = (i, f"run {r.name} stopped: {exc}{kept}")
                     break
-                finally:
-                    logger.setLevel(level)
                 if "signal" in summary:       # checkpointed (with an output directory): resumable
                     stop = (summary["signal"], r.name)
                     break
@@ -247,15 +226,6 @@ def compare(configs: list, out: Path | None, comm, sweeps=(), overrides=(), over
         logger.info(f"compare: wrote {out / 'comparison.csv'}, {out / 'comparison.png'} and "
                     f"{out / 'burden_holidays.png'}")
     return comm.bcast(rows, root=0)
-
-
-class Stopped(Exception):
-    """A comparison stopped by a signal: the runs that were stepping are checkpointed, the
-    others did not start; ``signal`` is the signal's number."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signal = signum
 
 
 def _stopped(comm, stop, runs, finished: set[int], out: Path | None) -> None:
@@ -357,13 +327,6 @@ def _burden_cells(problem) -> tuple:
         return t, burden, "µm^d", None
     return (t, burden * scale.cells(1.0), "cells",
             scale.in_cells(problem.scenario.treatment.detection_limit))
-
-
-def _agree(comm, failure: tuple[int, str] | None) -> None:
-    """Raise the failure of the lowest-numbered run on every rank, if any rank has one."""
-    failures = [f for f in comm.allgather(failure) if f is not None]
-    if failures:
-        raise ScenarioError(min(failures)[1])
 
 
 def _per_drug(values: dict | None):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tme import compat
 from tme.config.spec import ScenarioError
 from tme.vasculature import files, flow
 from tme.vasculature.generator import GeneratorParams, generate
@@ -284,7 +285,7 @@ def test_quadrature_points_counted_once_with_p1_basis_values(comm):
     msh = dom.mesh
     for q in range(0, len(quad.points), max(len(quad.points) // 5, 1)):
         cell = quad.cells[q]
-        X = msh.geometry.cmap.pull_back(quad.points[q:q + 1], msh.geometry.x[msh.geometry.dofmap[cell]])
+        X = compat.coordinate_element(msh).pull_back(quad.points[q:q + 1], msh.geometry.x[compat.geometry_dofmap(msh)[cell]])
         phi = V.element.basix_element.tabulate(0, X)[0, 0, :, 0]
         assert np.allclose(phi, quad.basis[q], atol=1e-12)
         assert np.array_equal(V.dofmap.cell_dofs(cell), quad.dofs[q])

@@ -127,7 +127,7 @@ def test_no_file_points_outside_the_project():
     """The package, its docs, configs and tests stand alone."""
     root = PKG.parent
     hits = []
-    for path in [*root.glob("solver/**/*.py"), *root.glob("docs/*"), *root.glob("configs/*"),
+    for path in [*root.glob("solver/**/*.py"), *root.glob("docs/*"), *(p for p in root.glob("configs/**/*") if p.is_file()),
                  *root.glob("tests/**/*.py"), *root.glob("bench/*.py"), root / "README.md"]:
         text = path.read_text(errors="replace")
         for bad in ("MODEL" + ".md", "../" + "shared"):
@@ -180,3 +180,14 @@ def test_one_table_declares_classes_and_mechanisms():
         kind = pharmacology.DRUG_CLASSES[name]
         expected = 0.0 if not kind.kills else 0.1 * (0.5 if kind.repairable else 1.0)
         assert km.coeff[0, j] == pytest.approx(expected), name
+
+
+def test_test_files_have_unique_names():
+    """The MPI run collects every test folder at once, where two test files of one basename
+    stop the collection ('import file mismatch')."""
+    from collections import Counter
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert not [n for n, k in names.items() if k > 1]

@@ -9,23 +9,9 @@ from tme.config import scenario as sc
 from tme.config.spec import ScenarioError
 from tme.config.units import parse_quantity
 
+from minimal import MINIMAL  # the scenario of the fixture `minimal` (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
-
-MINIMAL = """
-name: t
-mesh: {kind: rectangle, size: [1 mm, 500], cells: [10, 5]}
-drugs:
-  dox: {class: dna_damaging, diffusivity: 16 um^2/s, decay: 0.1 1/hour, boundary: {outer: {plasma: true}}}
-time: {end: 2 day}
-treatment: {lines: [{name: first, regimen: [{drug: dox, amount: 5 uM}]}]}
-"""
-
-
-@pytest.fixture
-def minimal(tmp_path):
-    p = tmp_path / "s.yaml"
-    p.write_text(MINIMAL)
-    return p
 
 
 def test_units_are_converted_once_to_base_units(minimal):
@@ -175,6 +161,21 @@ def test_override_paths(minimal):
         sc.load(minimal, ["mesh.cells.7.x=1"])
     with pytest.raises(ScenarioError, match="expected key.path=value"):
         sc.load(minimal, ["time.end"])
+
+
+def test_a_change_inside_a_drug_or_clone_that_does_not_exist_is_refused(minimal):
+    """A misspelt drug or clone name must not create a new one with every other value at its
+    default; a new entry is set whole, and a change inside an existing one still works."""
+    with pytest.raises(ScenarioError) as err:
+        sc.load(minimal, ["drugs.doxx.emax=0.1 1/hour"])
+    assert str(err.value) == ("--set drugs.doxx.emax: drugs has no entry 'doxx' (entries: dox); a new "
+                              "one is set whole, e.g. --set drugs.doxx='{...}'")
+    with_clone = sc.load(minimal, ["clones={clones: {a: {growth: 0.5 1/day}}}"])
+    with pytest.raises(ScenarioError, match=r"with_changes clones.clones.b.growth: clones.clones has no "
+                                            r"entry 'b' \(entries: a\)"):
+        with_clone.with_changes({"clones.clones.b.growth": "0.1 1/day"})
+    assert len(with_clone.with_changes({"clones.clones.b": {"growth": "0.1 1/day"}}).clones.clones) == 2
+    assert with_clone.with_changes({"clones.clones.a.growth": "1 1/day"}).clones.clones["a"].growth == pytest.approx(1 / 24)
 
 
 def test_resolved_yaml_round_trips_with_units(minimal, tmp_path):

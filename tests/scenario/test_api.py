@@ -193,7 +193,10 @@ def test_examples_on_the_command_line(tmp_path):
     finish(p, 120)
     assert p.returncode == 0
     copied = tmp_path / "ex"
-    assert sorted(f.name for f in (copied / "configs").iterdir()) == [f"{n}.yaml" for n in tme.examples.names()]
+    assert sorted(f.name for f in (copied / "configs").glob("*.yaml")) == [f"{n}.yaml" for n in tme.examples.names()]
+    # the calibration example comes along whole
+    assert sorted(f.name for f in (copied / "configs" / "patient_fit").iterdir()) == sorted(
+        f.name for f in (tme.examples.root() / "configs" / "patient_fit").iterdir())
     # a copied scenario reads its mesh from the copy
     assert tme.load(copied / "configs" / "penetration.yaml").mesh.path == (copied / "meshes" / "tissue_slice.msh").resolve()
     before = sorted(copied.rglob("*"))

@@ -225,23 +225,8 @@ def test_max_memory_sizes():
     assert human(17.3e6) == "17.3 MB" and human(999) == "999 B" and human(math.pi * 1e12) == "3.14 TB"
 
 
-# `tme validate`, `tme schema` and the global options (validate builds the whole problem)
-
-MINIMAL = """
-name: t
-mesh: {kind: rectangle, size: [1 mm, 500], cells: [10, 5]}
-drugs:
-  dox: {class: dna_damaging, diffusivity: 16 um^2/s, decay: 0.1 1/hour, boundary: {outer: {plasma: true}}}
-time: {end: 2 day}
-treatment: {lines: [{name: first, regimen: [{drug: dox, amount: 5 uM}]}]}
-"""
-
-
-@pytest.fixture
-def minimal(tmp_path):
-    p = tmp_path / "s.yaml"
-    p.write_text(MINIMAL)
-    return p
+# `tme validate`, `tme schema` and the global options (validate builds the whole problem), on
+# the scenario of the fixture `minimal` (tests/conftest.py)
 
 
 def _tme_now(*args, cwd=ROOT):

@@ -326,6 +326,8 @@ def _readable_frames(out: Path) -> list[float]:
     times = []
     for g in root.findall("./Domain/Grid/Grid"):
         for item in g.iter("DataItem"):
+            if item.get("Format") == "XML":   # inline values (the region tags): no file
+                continue
             path, name = item.text.split(":")
             with h5py.File(out / path, "r") as h5:
                 data = h5[name][...]

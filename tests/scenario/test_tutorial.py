@@ -35,5 +35,5 @@ def test_tutorial_converts_to_a_notebook(tmp_path):
     kinds = [c["cell_type"] for c in cells]
     assert kinds.count("markdown") == sum("[markdown]" in m for m in markers) >= 5
     code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    for call in ("tme.Scenario(", "tme.run(", "with_changes(", "tme.compare(", ".plot("):
+    for call in ("tme.Scenario(", "tme.run(", "with_changes(", "tme.compare(", ".plot(", "tme.fit("):
         assert call in code, call
