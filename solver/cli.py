@@ -281,6 +281,43 @@ def _alone(comm, line: str, status: int) -> int:
     return status
 
 
+def _study(args, comm) -> None:
+    """Run the study command of ``args`` (compare, sensitivity, cohort, fit, forecast)."""
+    if args.command == "compare":
+        from .studies.compare import compare
+
+        compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
+                overwrite=args.overwrite, max_memory=args.max_memory)
+    elif args.command == "sensitivity":
+        from .studies.sensitivity import study
+
+        study(args.config, args.vary, args.samples, args.output, comm, method=args.method,
+              logs=args.log, seed=args.seed, overrides=args.overrides, out=args.out,
+              overwrite=args.overwrite, ranks_per_run=args.ranks_per_run,
+              max_memory=args.max_memory)
+    elif args.command == "cohort":
+        from .studies.cohort import study
+
+        study(args.config, comm, samples=args.sample, n=args.n, patients=args.patients,
+              strategies=args.strategy, seed=args.seed, overrides=args.overrides,
+              out=args.out, overwrite=args.overwrite, ranks_per_run=args.ranks_per_run,
+              max_memory=args.max_memory)
+    elif args.command == "fit":
+        from .studies.fit import fit, parse_assignments
+
+        fit(args.config, args.data, args.params, log=args.log_keys, noise=args.noise,
+            start=parse_assignments(args.start, "--start"),
+            overrides=args.overrides, out=args.out, comm=comm, ranks_per_run=args.ranks_per_run,
+            multistart=args.multistart, seed=args.seed, fd_step=args.fd_step,
+            time_tolerance=args.time_tolerance, max_evaluations=args.max_evaluations,
+            overwrite=args.overwrite)
+    else:
+        from .studies.forecast import forecast
+
+        forecast(args.fitdir, args.strategies, args.out, comm, samples=args.samples, seed=args.seed,
+                 end=args.end, ranks_per_run=args.ranks_per_run, overwrite=args.overwrite)
+
+
 def _dispatch(args, comm) -> int:
     from .config import scenario as sc
 
@@ -305,64 +342,12 @@ def _dispatch(args, comm) -> int:
         from .studies.verify import main as verify_main
 
         return verify_main(comm, cases=args.case)
-    if args.command == "compare":
-        from .studies.compare import Stopped, compare
-
-        try:
-            compare(args.configs, args.out, comm, sweeps=args.sweep, overrides=args.overrides,
-                    overwrite=args.overwrite, max_memory=args.max_memory)
-        except Stopped as exc:
-            if comm.rank == 0:
-                print(str(exc), file=sys.stderr, flush=True)
-            return 128 + exc.signal
-        return 0
-    if args.command in ("sensitivity", "cohort"):
+    if args.command in ("compare", "sensitivity", "cohort", "fit", "forecast"):
         from .studies.batch import Stopped
 
         try:
-            if args.command == "sensitivity":
-                from .studies.sensitivity import study
-
-                study(args.config, args.vary, args.samples, args.output, comm, method=args.method,
-                      logs=args.log, seed=args.seed, overrides=args.overrides, out=args.out,
-                      overwrite=args.overwrite, ranks_per_run=args.ranks_per_run,
-                      max_memory=args.max_memory)
-            else:
-                from .studies.cohort import study
-
-                study(args.config, comm, samples=args.sample, n=args.n, patients=args.patients,
-                      strategies=args.strategy, seed=args.seed, overrides=args.overrides,
-                      out=args.out, overwrite=args.overwrite, ranks_per_run=args.ranks_per_run,
-                      max_memory=args.max_memory)
-        except Stopped as exc:
-            if comm.rank == 0:
-                print(str(exc), file=sys.stderr, flush=True)
-            return 128 + exc.signal
-        return 0
-    if args.command == "fit":
-        from .studies.batch import Stopped
-        from .studies.fit import fit, parse_assignments
-
-        try:
-            fit(args.config, args.data, args.params, log=args.log_keys, noise=args.noise,
-                start=parse_assignments(args.start, "--start"),
-                overrides=args.overrides, out=args.out, comm=comm, ranks_per_run=args.ranks_per_run,
-                multistart=args.multistart, seed=args.seed, fd_step=args.fd_step,
-                time_tolerance=args.time_tolerance, max_evaluations=args.max_evaluations,
-                overwrite=args.overwrite)
-        except Stopped as exc:
-            if comm.rank == 0:
-                print(str(exc), file=sys.stderr, flush=True)
-            return 128 + exc.signal
-        return 0
-    if args.command == "forecast":
-        from .studies.batch import Stopped
-        from .studies.forecast import forecast
-
-        try:
-            forecast(args.fitdir, args.strategies, args.out, comm, samples=args.samples, seed=args.seed,
-                     end=args.end, ranks_per_run=args.ranks_per_run, overwrite=args.overwrite)
-        except Stopped as exc:
+            _study(args, comm)
+        except Stopped as exc:   # a study stopped by a signal: finished runs kept, one line
             if comm.rank == 0:
                 print(str(exc), file=sys.stderr, flush=True)
             return 128 + exc.signal
