@@ -697,31 +697,6 @@ def set_key(data: dict, key: str, value: Any, item: str | None = None, how: str 
         node[parts[-1]] = value
 
 
-def _field_type(annotation):
-    """The one model or ``dict[Name, X]`` an annotation holds (Optional and Annotated peeled),
-    or None where it is a union of several or a plain value."""
-    import typing
-
-    from pydantic import BaseModel
-
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is typing.Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
-                return None
-            annotation = args[0]
-        else:
-            break
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) is dict:
-        return annotation
-    return None
-
-
 #: The mappings whose entries define a thing by their name (a new one is given whole).
 DEFINING = {("drugs",), ("clones", "clones")}
 
@@ -729,29 +704,22 @@ DEFINING = {("drugs",), ("clones", "clones")}
 def _refuse_new_entry_on_the_way(data: dict, parts: list[str], how: str, key: str) -> None:
     """A change inside a named entry that does not exist (``clones.clones.sensitve.growth``,
     a misspelt clone) would create that entry with every other value at its default: refused,
-    naming the entries there. A new entry is added whole (``clones.clones.new={...}``)."""
-    import typing
-
-    model, node = Scenario, data
-    for depth, part in enumerate(parts[:-1]):
-        if model is None or not isinstance(node, dict):
-            return
-        if isinstance(model, type):
-            field = model.model_fields.get(part) or next(
-                (f for f in model.model_fields.values() if f.alias == part), None)
-            if field is None:
-                return                  # the validation names an unknown key
-            model, node = _field_type(field.annotation), node.get(part)
+    naming the entries there. A new entry is added whole (``clones.clones.new={...}``). Only
+    the mappings that define what their names mean (:data:`DEFINING`: a drug, a clone) are
+    checked here; the others name regions, drugs or clones defined elsewhere, which the
+    validation checks."""
+    for where in DEFINING:
+        if len(parts) <= len(where) + 1 or tuple(parts[:len(where)]) != where:
             continue
-        # a mapping of named entries: this part is an entry's name. Only the mappings that
-        # define what their names mean are checked here (a drug, a clone); the others name
-        # regions, drugs or clones defined elsewhere, which the validation checks
-        if part not in node and tuple(parts[:depth]) in DEFINING:
-            where = ".".join(parts[:depth])
+        node: Any = data
+        for part in where:
+            node = node.get(part) if isinstance(node, dict) else None
+        entry = parts[len(where)]
+        if isinstance(node, dict) and entry not in node:
+            at = ".".join(where)
             names = ", ".join(map(str, node)) or "none"
-            raise ScenarioError(f"{how} {key}: {where} has no entry {part!r} (entries: {names}); "
-                                f"a new one is set whole, e.g. {how} {where}.{part}='{{...}}'")
-        model, node = _field_type(typing.get_args(model)[1]), node.get(part)
+            raise ScenarioError(f"{how} {key}: {at} has no entry {entry!r} (entries: {names}); "
+                                f"a new one is set whole, e.g. {how} {at}.{entry}='{{...}}'")
 
 
 def validate(data: dict, source: str = "scenario", base_dir: Path | None = None) -> Scenario:
