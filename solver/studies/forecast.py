@@ -54,6 +54,8 @@ from .strategies import Strategy
 
 #: The files tme forecast writes beside runs/ (replaced by --overwrite, nothing else)
 FORECAST_FILES = ("samples.csv", "forecast.csv", "bands.csv", "forecast.png", "forecast.json")
+#: How a strategy without changes (NAME=) is described
+AS_FITTED = "the fitted scenario as it is"
 #: Points of the common time grid of the bands
 GRID = 241
 
@@ -196,7 +198,7 @@ def forecast(fitdir, strategies, out, comm=None, *, samples: int = 100, seed: in
                     f"x {plan.samples} parameter set(s) from {plan.fitdir / 'fit.json'}"
                     + (" (continuing)" if resumed else ""))
         for st in plan.strategies:
-            logger.info(f"  {st.name}: {st.describe("the fitted scenario as it is")}")
+            logger.info(f"  {st.name}: {st.describe(AS_FITTED)}")
     outcomes = run_batch(jobs, comm, ranks_per_run=ranks_per_run, out=Path(out), resume=True,
                          label="forecast")
     table = None
@@ -261,7 +263,7 @@ def _write(out: Path, plan: Plan, jobs, outcomes) -> list[dict]:
         lo, med, hi = _quantiles(ttp_days)
         rf = _quantiles([o.resistant_fraction[-1] for o in good if o.resistant_fraction])
         fb = _quantiles([o.burden[-1] * factor for o in good if o.burden])
-        table.append({"strategy": st.name, "changes": st.describe("the fitted scenario as it is"), "runs": len(mine),
+        table.append({"strategy": st.name, "changes": st.describe(AS_FITTED), "runs": len(mine),
                       "failed": len(mine) - len(good),
                       "progressed_fraction": (sum(t is not None for t in ttp) / len(good)) if good else None,
                       "time_to_progression_days_median": med, "time_to_progression_days_p5": lo,
@@ -290,7 +292,7 @@ def _write(out: Path, plan: Plan, jobs, outcomes) -> list[dict]:
     outputs.replace_text(out / "forecast.json", json.dumps({
         "fit": str(plan.fitdir), "samples": plan.samples, "seed": plan.seed,
         "end_hours": plan.end, "burden_unit": unit,
-        "strategies": [{"name": s.name, "changes": s.describe("the fitted scenario as it is")} for s in plan.strategies],
+        "strategies": [{"name": s.name, "changes": s.describe(AS_FITTED)} for s in plan.strategies],
         "table": table}, indent=2, default=str) + "\n")
     _plot(out / "forecast.png", plan, grid, bands, unit)
     return table
