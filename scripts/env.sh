@@ -81,7 +81,9 @@ build_root() {
     # an interrupted build leaves only a .build-* directory, never a usable root
     trap 'say "build interrupted; removing $tmp"; rm -rf "$tmp"' INT TERM
     t0=$(date +%s)
-    # the list is read once: an edit during the build cannot mix two lists in one root
+    # the list is read once: an edit during the build cannot mix two lists in one root (the
+    # copies are read until the root is in place, then the repository's files again)
+    local pkg_list="$PKG_LIST" override="$OVERRIDE"
     cp "$PKG_LIST" "$tmp/apt-packages.txt"
     PKG_LIST="$tmp/apt-packages.txt"
     if [ -f "$OVERRIDE" ]; then cp "$OVERRIDE" "$tmp/override.txt"; OVERRIDE="$tmp/override.txt"; fi
@@ -99,6 +101,7 @@ build_root() {
     packages > "$tmp/root/.tme-apt-packages.txt"
     mv "$tmp/root" "$final"
     rm -rf "$tmp"
+    PKG_LIST="$pkg_list" OVERRIDE="$override"
     trap - INT TERM
     say "environment ready in $(( $(date +%s) - t0 )) s, $(du -sh "$final" | cut -f1) on disk"
 }

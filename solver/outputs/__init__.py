@@ -154,12 +154,21 @@ def agree(comm, failure: OSError | None) -> None:
 
 
 @contextlib.contextmanager
-def hdf5_writes(comm, path: Path):
+def hdf5_writes(comm, path: Path, size: int = 0):
     """Around collective HDF5 writes of ``path``: HDF5 prints no error stack of its own, and a
     write that failed on a full disk is an OSError(ENOSPC) naming ``path`` on every rank (HDF5
-    itself only says that it could not create or close something)."""
+    itself only says that it could not create or close something).
+
+    ``size`` [bytes]: what the writes are expected to take. When the filesystem has less than
+    that (plus FULL_DISK_MARGIN) free on any rank, the writes are not started: an HDF5 library
+    built with assertions aborts the process, rather than failing, when it cannot create a
+    file on a full disk.
+    """
     from ..resources import free_space
 
+    free = free_space(path)
+    full = free is not None and free < size + FULL_DISK_MARGIN
+    agree(comm, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) if full else None)
     _quiet_hdf5()
     failure = None
     try:

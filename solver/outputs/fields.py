@@ -120,7 +120,7 @@ class FieldOutput:
         name = f"frame_{k:06d}"
         # a full disk: one OSError naming the file, on every rank (the index still lists the
         # frames before this one, each a closed file)
-        with hdf5_writes(self.comm, self.dir / f"{name}.h5"):
+        with hdf5_writes(self.comm, self.dir / f"{name}.h5", self._frame_bytes()):
             if self._mesh_xml is None:
                 self._mesh_xml = self._write_mesh()
 
@@ -161,6 +161,18 @@ class FieldOutput:
         pass
 
     # -----------------------------------------------------------------------------------------
+    def _frame_bytes(self) -> int:
+        """What the next frame will take on disk [bytes], estimated from the field values (8
+        bytes a value) and, before the first frame, the mesh's geometry and topology."""
+        values = sum(fn.x.index_map.size_global * fn.x.block_size for fn in self.functions)
+        size = 8 * values
+        if self._mesh_xml is None:
+            tdim = self.mesh.topology.dim
+            cells = self.mesh.topology.index_map(tdim).size_global
+            nodes = self.mesh.geometry.index_map().size_global
+            size += 8 * (3 * nodes + cells * self.mesh.geometry.dofmap.shape[1])
+        return size
+
     def _write_regions(self) -> str:
         """``regions.csv`` (once a segment, rank 0); the XML of the region names as field data
         for every frame: one Grid-centred attribute per region holding its tag, inline (an

@@ -131,3 +131,27 @@ def test_two_builds_of_the_environment_do_not_run_at_once(tmp_path):
     events = [line.split() for line in log.read_text().splitlines()]
     assert [e[0] for e in events] == ["start", "end", "start", "end"], events   # one after the other
     assert float(events[2][1]) >= float(events[1][1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a build of the environment needs root")
+def test_a_command_runs_in_the_root_its_call_has_just_built(tmp_path):
+    """`env-exec CMD` on a machine without the root builds it, then runs CMD in that root (the
+    build reads a copy of the package list, which is gone once the root is in place). Stand-ins
+    for debootstrap (an empty root) and unshare (records the root a command would enter)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    entered = tmp_path / "entered.log"
+    (bin_dir / "debootstrap").write_text('#!/bin/sh\nmkdir -p "$3"\n')
+    # unshare --mount --propagation private /bin/bash -c INNER _ ROOT REPO CMD...
+    (bin_dir / "unshare").write_text(f'#!/bin/sh\necho "$8" >> {entered}\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, TME_ENV_CACHE=str(cache), TME_ENV="sid", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    p = subprocess.run([str(ROOT / "scripts" / "env.sh"), "exec", "true"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    roots = [d for d in cache.iterdir() if d.is_dir()]
+    assert len(roots) == 1 and roots[0].name.startswith("sid-"), roots
+    # the install, the check of the install and the command: all in the root just built
+    assert entered.read_text().splitlines()[-1] == str(roots[0]), entered.read_text()
