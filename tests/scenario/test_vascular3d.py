@@ -72,9 +72,9 @@ def coarse_open(tmp_path_factory):
     return out, _run(out, "vascular3d.yaml", COARSE + QUICK + ["vasculature.collapse=null"])
 
 
-def _crossing(rows, region):
+def _crossing(rows, region, clones=("mdr", "repair", "egfr_mutant", "met_bypass")):
     """The first time [hour] the resistant fraction of ``region`` is twice its initial value."""
-    rf = np.array([_resistant_fraction(r, region) for r in rows])
+    rf = np.array([_resistant_fraction(r, region, clones) for r in rows])
     t = np.array([r["t"] for r in rows])
     return t[np.argmax(rf > 2 * rf[0])] if np.any(rf > 2 * rf[0]) else np.inf
 
@@ -139,6 +139,42 @@ def test_vascular3d_same_on_two_ranks(coarse_run, tmp_path):
         for k, v in a.items():
             if isinstance(v, float):
                 assert b[k] == pytest.approx(v, rel=1e-6, abs=1e-9 * max(1.0, abs(v))), (k, a["t"])
+
+
+# --------------------------------------------------------------------------------------------
+# configs/vascular3d_sanctuary.yaml: an EC50-shift mutant, selected where the network is poor
+
+@pytest.fixture(scope="module")
+def sanctuary_runs(tmp_path_factory):
+    """The coarsened sanctuary scenario as shipped and without vessel collapse."""
+    base = tmp_path_factory.mktemp("vascular3d_sanctuary")
+    return {how: (base / how, _run(base / how, "vascular3d_sanctuary.yaml", COARSE + QUICK + extra))
+            for how, extra in (("shipped", []), ("open", ["vasculature.collapse=null"]))}
+
+
+@pytest.mark.slow
+def test_vascular3d_sanctuary_resistance_rises_first_where_perfusion_is_low(sanctuary_runs):
+    out, rows = sanctuary_runs["shipped"]
+    core, rim = _core_rim(*_last_frame(out, "auc_kinase_inhibitor"))
+    assert core < 0.25 * rim
+    # mean levels over the run [µM]: the core inside the window between the EC50s (0.02 and
+    # 0.2 µM), the rim above both
+    hours = rows[-1]["t"]
+    assert 0.02 < core / hours < 0.2 < rim / hours
+    resistant = lambda r, reg: _resistant_fraction(r, reg, clones=("resistant",))  # noqa: E731
+    assert _crossing(rows, "core", ("resistant",)) < np.inf and _crossing(rows, "rim", ("resistant",)) == np.inf
+    assert resistant(rows[-1], "core") > 0.5 > 5 * resistant(rows[-1], "rim")
+
+
+@pytest.mark.slow
+def test_vascular3d_sanctuary_compressed_vessels_worsen_exposure_and_resistance(sanctuary_runs):
+    (out, rows), (out_open, rows_open) = sanctuary_runs["shipped"], sanctuary_runs["open"]
+    core, _ = _core_rim(*_last_frame(out, "auc_kinase_inhibitor"))
+    core_open, _ = _core_rim(*_last_frame(out_open, "auc_kinase_inhibitor"))
+    assert core < 0.7 * core_open
+    resistant = lambda r: _resistant_fraction(r, "core", clones=("resistant",))  # noqa: E731
+    assert resistant(rows[-1]) > 1.5 * resistant(rows_open[-1])
+    assert _crossing(rows, "core", ("resistant",)) <= _crossing(rows_open, "core", ("resistant",))
 
 
 @pytest.mark.slow
