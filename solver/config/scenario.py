@@ -11,6 +11,7 @@ and what would be valid; the CLI prints that line, without a traceback.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -759,6 +760,9 @@ def _format(exc: ValidationError) -> str:
         valid = _valid_keys(loc[:-1], tags)
         hint = difflib.get_close_matches(loc[-1], valid, n=1)
         did = f" (did you mean '{hint[0]}'?)" if hint else ""
+        item = re.fullmatch(r"(\w+)\[(\d+)\]", loc[-1])
+        if item and item.group(1) in valid:   # 'lines[0]': list items are numbered in the path
+            did = f" (a list item is a number in the path: '{'.'.join(loc[:-1] + list(item.groups()))}')"
         return f"{key}: unknown key '{loc[-1]}'{did}; valid keys here: {', '.join(valid)}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"

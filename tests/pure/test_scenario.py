@@ -57,6 +57,8 @@ def test_parse_quantity_refuses(value, base, unit, message):
     ("drugs.dox.diffusivity=5 hour", "drugs.dox.diffusivity: '5 hour' has dimension [time]"),
     ("mesh.sise=3", "mesh.sise: unknown key 'sise' (did you mean 'size'?); valid keys here: cells, kind, origin, regions, size, thickness, unit"),
     ("treatment.lines.0.regimen.0.drug=x", "treatment.lines.0.regimen.0.drug: unknown drug 'x'; defined drugs: dox"),
+    ("treatment.lines[0].regimen.0.drug=x",
+     "treatment.lines[0]: unknown key 'lines[0]' (a list item is a number in the path: 'treatment.lines.0')"),
     ("time.end=-1 day", "time.end: Input should be greater than 0"),
     ("mesh.kind=sphere", "mesh: Input tag 'sphere'"),
     ("drugs.dox.class=magic", "drugs.dox.class: Input should be"),
