@@ -157,10 +157,18 @@ def test_vascular3d_sanctuary_resistance_rises_first_where_perfusion_is_low(sanc
     out, rows = sanctuary_runs["shipped"]
     core, rim = _core_rim(*_last_frame(out, "auc_kinase_inhibitor"))
     assert core < 0.25 * rim
-    # mean levels over the run [µM]: the core inside the window between the EC50s (0.02 and
-    # 0.2 µM), the rim above both
+    # the mean levels over the run [µM]: the core's in the selection window (the sensitive
+    # clone killed faster than it divides, the resistant one slower), the rim's lethal to both
+    from tme.config import scenario as sc
+
+    scen = sc.load(CONFIGS / "vascular3d_sanctuary.yaml")
+    drug, clones = scen.drugs["kinase_inhibitor"], scen.clones.clones
+    shift = clones["resistant"].ec50_shift["kinase_inhibitor"]
+    kill = lambda level, ec50: drug.emax * level**drug.hill / (ec50**drug.hill + level**drug.hill)  # noqa: E731
     hours = rows[-1]["t"]
-    assert 0.02 < core / hours < 0.2 < rim / hours
+    level_core, level_rim = core / hours, rim / hours
+    assert kill(level_core, drug.ec50) > clones["sensitive"].growth
+    assert kill(level_core, shift * drug.ec50) < clones["resistant"].growth < kill(level_rim, shift * drug.ec50)
     resistant = lambda r, reg: _resistant_fraction(r, reg, clones=("resistant",))  # noqa: E731
     assert _crossing(rows, "core", ("resistant",)) < np.inf and _crossing(rows, "rim", ("resistant",)) == np.inf
     assert resistant(rows[-1], "core") > 0.5 > 5 * resistant(rows[-1], "rim")
