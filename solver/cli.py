@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -20,11 +19,6 @@ from . import __version__
 
 from . import log
 from .config.spec import ScenarioError
-
-#: How long a rank other than 0 waits before it reports an error of its own: rank 0 speaks for
-#: the job, and if it meets the same error it ends the job first [s].
-GRACE = 2.0
-
 
 def _rank() -> int:
     from mpi4py import MPI
@@ -252,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             if comm.rank == 0:
                 print(line, file=sys.stderr, flush=True)
             return 2
-        return _alone(comm, line, 2)
+        return log.fatal(line, 2)
     except KeyboardInterrupt:
-        return _alone(comm, "tme: interrupted; the files written so far are readable up to the last "
+        return log.fatal("tme: interrupted; the files written so far are readable up to the last "
                             "completed step", 130)
     except Exception:
         if comm.size > 1:
@@ -264,21 +258,6 @@ def main(argv: list[str] | None = None) -> int:
             comm.Abort(1)
         logger.debug("unexpected error", exc_info=True)
         raise
-
-
-def _alone(comm, line: str, status: int) -> int:
-    """Report an error that may have struck this rank only, then end the whole job.
-
-    The other ranks may be waiting in a collective call, so in parallel the job is aborted. Rank
-    0 reports at once; another rank waits a little first, so that when rank 0 meets the same error
-    the job is ended by rank 0 and the line is printed once.
-    """
-    if comm.size > 1 and comm.rank != 0:
-        time.sleep(GRACE)
-    print(line, file=sys.stderr, flush=True)
-    if comm.size > 1:
-        comm.Abort(status)
-    return status
 
 
 def _study(args, comm) -> None:

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 LOGGER_NAME = "tme"
+
+#: How long a rank other than 0 waits before it reports an error of its own: rank 0 speaks for
+#: the job, and if it meets the same error it ends the job first [s].
+GRACE = 2.0
 
 
 class _RankFilter(logging.Filter):
@@ -52,3 +57,22 @@ def setup(rank: int = 0, size: int = 1, all_ranks: bool = False, level: int = lo
 
 def get() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
+
+
+def fatal(line: str, status: int) -> int:
+    """Report an error that may have struck this rank only, then end the whole job.
+
+    The other ranks may be waiting in a collective call, so in parallel the job is aborted
+    (every rank of ``MPI_COMM_WORLD``). Rank 0 reports at once; another rank waits a little
+    first, so that when rank 0 meets the same error the job is ended by rank 0 and the line is
+    printed once. Returns ``status`` (on one rank).
+    """
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    if world.size > 1 and world.rank != 0:
+        time.sleep(GRACE)
+    print(line, file=sys.stderr, flush=True)
+    if world.size > 1:
+        world.Abort(status)
+    return status

@@ -15,7 +15,11 @@ which returns one :class:`Outcome` per job, in the order of the jobs, on every r
 - **Failures do not stop the study.** A job whose set-up or run raises (a ScenarioError, a
   RunError such as the NaN guard, or any other exception) is an outcome with ``ok`` False and a
   one-line ``error``; the failure is agreed within the group after the set-up and after the
-  run (an allgather), and the group goes on with the next job.
+  run (an allgather), and the group goes on with the next job. The exception: in a group of
+  several ranks, a failure other than those raised on every rank alike (scenario errors, the
+  NaN guard, agreed write failures) may have struck one rank while the others wait for it in
+  a collective call of the run; that ends the study with one line (``MPI_Abort``), its
+  finished jobs kept for a resume, rather than leave it hanging.
 - **Incremental, resumable outputs.** With ``out``, the group's rank 0 writes each finished job
   (ok or failed) to ``out/runs/<name>.json`` atomically (a temporary file in the same directory,
   then ``os.replace``): a study killed at any moment keeps every finished job and never leaves a
@@ -351,6 +355,22 @@ def finished(jobs: list[Job], prints: list[str], runs: Path) -> tuple[dict[int, 
 # One job
 
 
+def _agreed(exc: BaseException) -> bool:
+    """Is ``exc`` raised on every rank of a run alike: a scenario error or the NaN guard (found
+    and agreed across the ranks), a write failure its writer agreed on?"""
+    return isinstance(exc, (ScenarioError, FloatingPointError)) or getattr(exc, "agreed", False)
+
+
+def _alone(exc: BaseException, err: str, job: Job, sub, label: str) -> None:
+    """A failure of the set-up or the run of ``job`` that may have struck this rank of its group
+    alone: the group's other ranks may be inside a collective call of the run, where they would
+    wait for this rank forever, so the study ends (every finished run is kept on disk)."""
+    if sub.size > 1 and not _agreed(exc):
+        log.fatal(f"tme: error: {label}: run {job.name} failed on rank {sub.rank} of its group of "
+                  f"{sub.size} ({err}); the study cannot go on without that rank. Every finished "
+                  "run is kept: run the same command again to continue", 1)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, ScenarioError):
@@ -371,7 +391,7 @@ def _series(problem) -> dict:
 
 
 def _run_one(job: Job, fp: str, sub, between, measure, max_memory,
-             tick=None) -> tuple[Outcome | None, int | None]:
+             tick=None, label: str = "study") -> tuple[Outcome | None, int | None]:
     """Run ``job`` on the group ``sub`` (collective on it): (its outcome, None), or (None, the
     signal) when a signal stopped it before its end (the job is not done). ``tick``: called
     after every step (rank 0's progress lines while its own group runs)."""
@@ -391,6 +411,7 @@ def _run_one(job: Job, fp: str, sub, between, measure, max_memory,
             problem = Problem(job.scenario, sub, None, max_memory=max_memory).initialise()
         except Exception as exc:   # noqa: BLE001 - any failure is this job's outcome
             err = _one_line(exc)
+            _alone(exc, err, job, sub, label)
         err = first(err)
         if err is None:
             # a signal during the set-up: do not start the run
@@ -414,6 +435,7 @@ def _run_one(job: Job, fp: str, sub, between, measure, max_memory,
                 summary = problem.run()
             except Exception as exc:   # noqa: BLE001
                 err = _one_line(exc)
+                _alone(exc, err, job, sub, label)
             finally:
                 logger.setLevel(level)
             err = first(err)
@@ -509,7 +531,7 @@ def run_batch(jobs: list[Job], comm, *, ranks_per_run: int = 1, out: Path | None
                     break
                 i = pending[k]
                 tick = progress.tick if comm.rank == 0 else None
-                outcome, stop = _run_one(jobs[i], prints[i], sub, between, measure, max_memory, tick)
+                outcome, stop = _run_one(jobs[i], prints[i], sub, between, measure, max_memory, tick, label)
                 if outcome is None:
                     break
                 if sub.rank == 0:

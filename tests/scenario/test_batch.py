@@ -308,3 +308,50 @@ def test_a_signal_stops_the_study_between_and_inside_runs(tmp_path, ranks):
     stdout, err = finish(p, 180)
     assert p.returncode == 0, err
     assert f"({len(done)} done before)" in err and stdout.split() == ["ran", str(n)]
+
+
+#: A study on one group of two ranks whose second job fails on rank 1 alone, in the middle of
+#: its run (rank 0 is then inside the step's collective calls).
+ONE_RANK_FAILS = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{tests!r}, {scenario!r}]
+from mpi4py import MPI
+from tme import log
+from tme.problem import Problem
+from tme.studies.batch import Job, run_batch
+from test_batch import uniform
+comm = MPI.COMM_WORLD
+log.setup(comm.rank, comm.size)
+step = Problem.iterate
+calls = []
+
+def iterate(self):
+    calls.append(self.scenario.name)
+    if comm.rank == 1 and self.scenario.name == "second" and calls.count("second") == 3:
+        raise RuntimeError("a fault on this rank only")
+    step(self)
+
+Problem.iterate = iterate
+jobs = [Job(name, uniform(**{{"name": name, "time.dt": "1 hour", "time.end": "1 day"}}))
+        for name in ("first", "second", "third")]
+run_batch(jobs, comm, ranks_per_run=2, out=Path(sys.argv[1]), label="study")
+print("the study went on", flush=True)
+"""
+
+
+def test_a_failure_on_one_rank_of_a_group_ends_the_study_instead_of_hanging(tmp_path):
+    if MPI.COMM_WORLD.size > 1:
+        pytest.skip("starts its own ranks")
+    script = tmp_path / "study.py"
+    script.write_text(ONE_RANK_FAILS.format(tests=str(ROOT / "tests"), scenario=str(ROOT / "tests" / "scenario")))
+    out = tmp_path / "study"
+    p = _start(script, out, 2)
+    stdout, err = finish(p, 120)
+    assert p.returncode not in (0, None) and "went on" not in stdout, (stdout, err)
+    lines = [ln for ln in err.splitlines() if ln.startswith("tme: error")]
+    assert lines == ["tme: error: study: run second failed on rank 1 of its group of 2 (RuntimeError: "
+                     "a fault on this rank only); the study cannot go on without that rank. Every "
+                     "finished run is kept: run the same command again to continue"], err
+    assert "Traceback" not in err
+    assert sorted(f.name for f in (out / "runs").glob("*.json")) == ["first.json"]
