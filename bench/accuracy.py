@@ -276,7 +276,7 @@ def main():
                     help="the window right after the bolus also reported [hour]; an output time")
     ap.add_argument("--ref-tol", type=float, default=3e-5, help="tolerance of the reference")
     ap.add_argument("--be", type=float, nargs="*", default=[1.0, 0.5, 0.25], help="backward-Euler steps [hour]")
-    ap.add_argument("--tol", type=float, nargs="*", default=[1e-2, 3e-3, 1e-3, 3e-4],
+    ap.add_argument("--tol", type=float, nargs="*", default=[2e-2, 1e-2, 3e-3, 1e-3, 6e-4, 3e-4],
                     help="tolerances; the tightest also checks the reference (Richardson)")
     ap.add_argument("--startup", action="store_true", help="only the start-up comparison")
     ap.add_argument("--reference", type=Path, default=None,

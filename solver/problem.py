@@ -540,13 +540,13 @@ class Problem:
         what = f"{frames} frames of {len(sizes)} fields on {dofs} dofs, the time series and pictures"
         return fields + series + pictures, what
 
-    def _network_picture_field(self):
-        """The field the network picture slices (its first drug, else its first species in the
-        vessels) and its label with the unit."""
+    def _network_picture_field(self) -> str:
+        """The field the network picture slices: the first drug, else the first species, that
+        the vessels carry."""
         m = self.model
         s = next((s for s in m.drugs if s.name in m.vessels.species), None) or next(
             s for s in m.species if s.name in m.vessels.species)
-        return (lambda c=s.solver.c: c), f"{s.name} [µM]"
+        return s.name
 
     def _snapshot_times(self) -> list[float]:
         times = self.scenario.output.snapshots.times
@@ -580,11 +580,7 @@ class Problem:
         self.outputs = [self.series, self.events, self.fields, self.snapshots, self.checkpoint,
                         _Summary(self)] + ([_Plots(self)] if sc.output.plots else [])
         if self.network is not None:
-            from .outputs.network import NetworkPictures
-
             self.outputs.insert(3, self.network)
-            self.outputs.insert(5, NetworkPictures(self.out, m.vessels, self._snapshot_times(),
-                                                   *self._network_picture_field(), comm))
         try:
             if resumed:
                 w = st.written
@@ -1348,6 +1344,11 @@ class _Snapshots:
         names = [f.name for f in p._fields() if f.name in wanted] or sc.species_names()
         pictures.snapshots(p.out, self.milestones, names, {n: outputs.field_unit(n, sc) for n in names},
                            sc.output.snapshots.scale)
+        if p.network is not None:
+            from .outputs.network_picture import network_pictures
+
+            name = p._network_picture_field()
+            network_pictures(p.out, self.milestones, name, outputs.field_unit(name, sc))
 
 
 class _AtEnd:

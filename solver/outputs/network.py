@@ -49,26 +49,3 @@ class NetworkOutput:
 
     def close(self, state) -> None:
         pass
-
-
-class NetworkPictures:
-    """``snapshots/network_<day>.png`` at the snapshot times ``times`` [hour]: a slice of
-    ``field()`` (a P1 Function; ``label`` its name and unit) with the network coloured by flow
-    (:mod:`tme.outputs.network_picture`)."""
-
-    def __init__(self, out: Path, coupling, times, field, label: str, comm):
-        self.out, self.coupling, self.field, self.label, self.comm = Path(out), coupling, field, label, comm
-        self.milestones = tuple(times)
-        self._times = set(self.milestones)
-
-    def due(self, state) -> bool:
-        return state.t in self._times
-
-    def write(self, state, t: float) -> None:
-        from .network_picture import picture
-
-        picture(self.out / "snapshots" / f"network_{t / 24:06.2f}.png", self.field(), self.label,
-                self.coupling, t, self.comm)
-
-    def close(self, state) -> None:
-        pass

@@ -1,61 +1,75 @@
 """A picture of a 3-D run with a vessel network: a slice of a tissue field and the network
-coloured by its blood flow (``network_<day>.png``, off-screen with pyvista).
+coloured by its blood flow (``snapshots/network_<day>.png``, off-screen with pyvista).
 
-The slice is the plane z = mid-height of the mesh, coloured by the field [its unit] and slightly
-transparent (vessels below it show through); the vessels
-are drawn as lines coloured by |flow| [nl/min] on a logarithmic scale, those without flow
-(dead ends, parts cut off, collapsed vessels) in grey. Each rank sends its owned part of the
-mesh to rank 0, which renders (collective).
+Drawn like the other snapshots (:mod:`tme.outputs.pictures`): by rank 0 when the run ends,
+from the files the run has closed, the field's frame in ``fields.xdmf`` and the network's at the
+same time in ``network.pvd``. The slice is the plane z = mid-height of the mesh, coloured by the
+field [its unit] and slightly transparent (vessels below it show through); the vessels are
+drawn as lines coloured by |flow| [nl/min] on a logarithmic scale, those without flow (dead
+ends, parts cut off, collapsed vessels) in grey.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 
 from . import _start_xvfb
+from .fields import read_frame, read_index
 
 #: Size of the picture [pixels].
 WINDOW = (1000, 760)
 
 
-def _gather_field(f, comm):
-    """Per rank (cells, cell types, points, values) of the P1 function ``f``: on rank 0, None
-    elsewhere."""
-    from dolfinx import plot
+def network_pictures(out: Path, times, name: str, unit: str) -> list[Path]:
+    """``out/snapshots/network_<ddd.dd>.png`` at the output times ``times`` [hour] that both
+    ``fields.xdmf`` and ``network.pvd`` list: field ``name`` [``unit``] and the network; returns
+    their paths (rank 0 only)."""
+    out = Path(out)
+    index = out / "network.pvd"
+    if not index.exists():
+        return []
+    wanted = set(times)
+    networks = {float(ds.get("timestep")): out / ds.get("file")
+                for ds in ET.parse(index).getroot().iter("DataSet")}
+    written = []
+    for frame in read_index(out):
+        day = frame["t"] / 24.0
+        vtp = next((f for d, f in networks.items() if abs(d - day) <= 1e-12 * max(1.0, day)), None)
+        if frame["t"] not in wanted or vtp is None or name not in frame["fields"]:
+            continue
+        path = out / "snapshots" / f"network_{day:06.2f}.png"
+        picture(path, *read_frame(out, frame, [name]), name, unit, vtp, frame["t"])
+        written.append(path)
+    return written
 
-    cells, types, x = plot.vtk_mesh(f.function_space)
-    return comm.gather((cells, types, x, f.x.array.real[: x.shape[0]].copy()), root=0)
 
-
-def picture(path: Path, field, label: str, coupling, t: float, comm) -> None:
-    """Write the picture of ``field`` (a P1 Function; ``label`` its name with the unit, e.g.
-    'doxorubicin [µM]') and the network of ``coupling`` (a VascularCoupling) at time ``t``
-    [hour] to ``path`` (collective; rank 0 writes)."""
-    pieces = _gather_field(field, comm)
-    if comm.rank != 0:
-        return
+def picture(path: Path, cells, kind: str, points, data: dict, name: str, unit: str, vtp: Path,
+            t: float) -> None:
+    """Write the picture at time ``t`` [hour] to ``path``: the field ``name`` [``unit``] of one
+    frame (``cells``, ``kind``, ``points``, ``data`` as :func:`tme.outputs.fields.read_frame`
+    gives them) and the network of the file ``vtp`` (its cell arrays ``flow`` [nl/min],
+    ``perfused`` and ``collapsed``)."""
     import pyvista
 
-    from ..vasculature.network import NL_PER_MIN
+    from .pictures import grid_of
 
     _start_xvfb()
     pyvista.OFF_SCREEN = True
-    grids = [pyvista.UnstructuredGrid(c, ty, x) for c, ty, x, _ in pieces]
-    for g, (_, _, _, v) in zip(grids, pieces):
-        g.point_data["field"] = v
-    grid = grids[0] if len(grids) == 1 else pyvista.merge(grids)
+    values, centre = data[name]
+    grid = grid_of(cells, kind, points)
+    (grid.point_data if centre == "Node" else grid.cell_data)["field"] = values
+    label = f"{name} [{unit}]"
     lo, hi = np.asarray(grid.bounds[0::2]), np.asarray(grid.bounds[1::2])
     centre = 0.5 * (lo + hi)
     cut = grid.slice(normal="z", origin=centre)
 
-    net, flow = coupling.net, coupling.flow
-    lines = np.column_stack([np.full(net.num_segments, 2), net.segments]).ravel()
-    vessels = pyvista.PolyData(net.nodes, lines=lines)
-    q = np.abs(flow.flow) / NL_PER_MIN
+    vessels = pyvista.read(str(vtp))
+    q = np.abs(np.asarray(vessels.cell_data["flow"], dtype=float))
     vessels.cell_data["flow"] = q
-    on = flow.perfused
+    on = np.asarray(vessels.cell_data["perfused"]).astype(bool)
     pl = pyvista.Plotter(off_screen=True, window_size=WINDOW)
     pl.set_background("white")
     pl.add_mesh(grid.outline(), color="black")
@@ -77,7 +91,7 @@ def picture(path: Path, field, label: str, coupling, t: float, comm) -> None:
     if (~on).any():
         pl.add_mesh(vessels.extract_cells(np.flatnonzero(~on)), color="grey", line_width=2,
                     render_lines_as_tubes=True)
-    closed = int(coupling.closed.sum())
+    closed = int(np.asarray(vessels.cell_data["collapsed"]).astype(bool).sum())
     z = float(np.round(centre[2], 3)) + 0.0   # no "-1e-14"
     pl.add_text(f"{label} on z = {z:g} µm and the vessels coloured by flow (grey: no flow"
                 f"{f', {closed} collapsed' if closed else ''}); t = {t / 24:.2f} day", font_size=9,

@@ -54,6 +54,15 @@ def snapshots(out: Path, times, names: list[str], units: dict[str, str], scale: 
 _VTK_CELLS = {"Triangle": 5, "Tetrahedron": 10, "Quadrilateral": 9, "Hexahedron": 12}
 
 
+def grid_of(cells, kind: str, points):
+    """The pyvista grid of a frame's ``cells`` (n, nodes), XDMF cell type ``kind``, ``points``."""
+    import pyvista
+
+    ncell, nodes = cells.shape
+    vtk_cells = np.hstack([np.full((ncell, 1), nodes, dtype=np.int64), cells.astype(np.int64)]).ravel()
+    return pyvista.UnstructuredGrid(vtk_cells, np.full(ncell, _VTK_CELLS[kind], dtype=np.uint8), points)
+
+
 def _region_names(out: Path) -> dict[int, str]:
     path = Path(out) / "regions.csv"
     if not path.exists():
@@ -93,9 +102,7 @@ def _render(path: Path, cells, kind: str, points, data: dict, t: float, units: d
     pl = pyvista.Plotter(off_screen=True, shape=(rows, cols), window_size=(480 * cols, 460 * rows),
                          border=False)
     pl.set_background("white")
-    ncell, nodes = cells.shape
-    vtk_cells = np.hstack([np.full((ncell, 1), nodes, dtype=np.int64), cells.astype(np.int64)]).ravel()
-    grid = pyvista.UnstructuredGrid(vtk_cells, np.full(ncell, _VTK_CELLS[kind], dtype=np.uint8), points)
+    grid = grid_of(cells, kind, points)
     flat = np.allclose(points[:, 2], 0.0)
     lo, hi = points.min(axis=0), points.max(axis=0)
     # a 3-D domain is shown by its mid-plane z = const (the inside is what a picture must show)

@@ -519,27 +519,29 @@ def test_segments_through_a_dense_region_collapse_and_the_flow_follows_a_hand_so
 
 @pytest.mark.mpi
 def test_network_picture_has_its_size_and_is_not_blank(comm, tmp_path_factory):
-    from dolfinx import fem
+    """Drawn at the end of a run from its closed files (fields.xdmf and network.pvd), as the other
+    snapshots are: a slice of the drug with the network coloured by flow."""
+    import tme
+    from tme.config import scenario as sc
+    from tme.outputs.network_picture import WINDOW
 
-    from tme.config.vasculature import VasculatureSpec
-    from tme.outputs.network_picture import WINDOW, picture
-    from tme.vasculature.coupling import VascularCoupling
-
-    dom = _box(comm, n=6, size=400.0)
-    V = fem.functionspace(dom.mesh, ("Lagrange", 1))
-    net = generate(GeneratorParams(lower=(0, 0, 0), upper=(400.0, 400.0, 400.0), seed=3, spacing=100.0,
-                                   feeder_spacing=150.0))
-    vc = VascularCoupling(net, VasculatureSpec.model_validate({"file": {"path": "unused.vtp"}}), V)
-    c = fem.Function(V, name="drug")
-    c.interpolate(lambda x: x[0] / 400.0)
+    scen = sc.validate({
+        "name": "picture",
+        "mesh": {"kind": "box", "size": ["400 um", "400 um", "160 um"], "cells": [8, 8, 3]},
+        "vasculature": {"generate": {"seed": 3, "spacing": "100 um", "feeder_spacing": "150 um"}},
+        "drugs": {"drug": {"class": "dna_damaging", "diffusivity": "16 um^2/s", "permeability": "0.5 um/s",
+                           "uptake": "1 1/hour", "pk": {"half_life": "6 hour"}}},
+        "treatment": {"lines": [{"name": "once", "regimen": [{"drug": "drug", "amount": "5 uM"}]}]},
+        "time": {"end": "12 hour", "dt": "3 hour"},
+        "output": {"every": "6 hour", "plots": False, "snapshots": {"times": ["6 hour", "12 hour"]}}})
     out = comm.bcast(str(tmp_path_factory.mktemp("picture")) if comm.rank == 0 else None, root=0)
-    path = Path(out) / "network_001.00.png"
-    picture(path, c, "drug [µM]", vc, 24.0, comm)
-    comm.barrier()
+    tme.run(scen, out=Path(out) / "run", comm=comm, quiet=True)
     if comm.rank == 0:
         from PIL import Image
 
-        img = np.asarray(Image.open(path).convert("RGB")).astype(float)
+        pictures = sorted((Path(out) / "run" / "snapshots").glob("network_*.png"))
+        assert [p.name for p in pictures] == ["network_000.25.png", "network_000.50.png"]
+        img = np.asarray(Image.open(pictures[0]).convert("RGB")).astype(float)
         assert img.shape == (WINDOW[1], WINDOW[0], 3)
         # not blank: many colours (the field's and the flow's colour maps) and a real spread
         colours = np.unique(img.reshape(-1, 3), axis=0)
