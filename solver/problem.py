@@ -452,7 +452,8 @@ class Problem:
         """Build the model, the protocol and the clock, then open the outputs (when ``out``).
 
         Everything a scenario can get wrong is found before any file is written."""
-        self.provenance = provenance.collect(resolved_yaml(self.scenario), self.comm)
+        self.resolved = resolved_yaml(self.scenario)   # the scenario's text, written once a run
+        self.provenance = provenance.collect(self.resolved, self.comm)
         if self.out is not None and self._resume_from is None:
             outputs.check_directory(self.out, self.comm, self.overwrite, self.inputs)
         sc = self.scenario
@@ -559,7 +560,7 @@ class Problem:
             self.out = outputs.prepare_directory(self.out, comm, self.overwrite)
         if comm.rank == 0:
             outputs.replace_text(self.out / "config.resolved.yaml",
-                                 provenance.header(self.provenance) + resolved_yaml(sc))
+                                 provenance.header(self.provenance) + self.resolved)
         self.series = TimeSeries(self.out / "timeseries.csv", self._columns(), comm, row=self._current_row)
         self.events = EventLog(self.out, comm, pending=self._take_events)
         self.fields = FieldOutput(self.out, m.domain.mesh, self._fields(), self.field_times,
@@ -573,7 +574,7 @@ class Problem:
             self.network = NetworkOutput(self.out, m.vessels, self.field_times, comm)
         ck = sc.output.checkpoint
         self.checkpoint = Checkpoint(self.out, comm, self._checkpoint_functions(), self.checkpoint_times,
-                                     None if ck.wall is None else ck.wall * 3600.0, resolved_yaml(sc),
+                                     None if ck.wall is None else ck.wall * 3600.0, self.resolved,
                                      before_write=self._before_checkpoint,
                                      meta={"dofs_per_field": m.V.dofmap.index_map.size_global})
         # the checkpoint after those it counts; the summary and the plots when the run ends

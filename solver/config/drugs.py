@@ -6,15 +6,17 @@ Every quantity is held in the base units of :mod:`tme.config.units` (µm, hour, 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pint
 from pydantic import Field
 
 from ..pharmacology import DRUG_CLASSES
 from .spec import BoundaryValue, Name, ScenarioError, Spec
 from .units import (Concentration, Diffusivity, Duration, Fraction, Permeability, Quantity, Rate,
-                    Time, UnsafeQuantity, bare_number_message, read, ureg)
+                    Time, UnsafeQuantity, bare_number_message, read, registry, remember)
+
+if TYPE_CHECKING:
+    import pint
 
 
 class PKSpec(Spec):
@@ -76,8 +78,7 @@ class Dose(Spec):
 _VALID = ("a dose is the plasma concentration it reaches ('5 uM', '0.2 mM'), an amount of "
           "substance ('10 umol', divided by pk.volume) or a mass ('50 mg', with pk.molar_mass)")
 
-_DIM = {name: ureg.parse_units(unit).dimensionality for name, unit in
-        [("concentration", "uM"), ("amount", "umol"), ("mass", "g"), ("mass_concentration", "g/L")]}
+_DIM = {"concentration": "uM", "amount": "umol", "mass": "g", "mass_concentration": "g/L"}
 
 
 def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
@@ -94,19 +95,28 @@ def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
         raise ScenarioError(f"{key}: got {type(amount).__name__} {amount!r}; {_VALID}")
     if not isinstance(amount, str):
         raise ScenarioError(f"{key}: {bare_number_message(amount, 'uM')}, or '{amount:g} umol'")
+    return _concentration(amount, pk.volume, pk.molar_mass, key)
+
+
+@remember
+def _concentration(amount: str, volume: float, molar_mass: float | None, key: str) -> float:
+    """:func:`dose_concentration` of a text, given the PK's ``volume`` [L] and ``molar_mass``
+    [g/mol] (or None)."""
     q = _read(amount, key)
     dim = q.dimensionality
-    if dim == _DIM["concentration"]:
+    ureg = registry()
+    dims = {name: ureg.parse_units(unit).dimensionality for name, unit in _DIM.items()}
+    if dim == dims["concentration"]:
         conc = q.to("uM").magnitude
-    elif dim == _DIM["amount"]:
-        conc = q.to("umol").magnitude / pk.volume
-    elif dim in (_DIM["mass"], _DIM["mass_concentration"]):
-        if pk.molar_mass is None:
+    elif dim == dims["amount"]:
+        conc = q.to("umol").magnitude / volume
+    elif dim in (dims["mass"], dims["mass_concentration"]):
+        if molar_mass is None:
             raise ScenarioError(
                 f"{key}: {amount!r} is a mass, which needs the drug's pk.molar_mass (e.g. "
                 f"'543.5 g/mol') to convert; or give a concentration ('5 uM') or an amount ('10 umol')")
-        moles = q / ureg.Quantity(pk.molar_mass, "g/mol")
-        conc = moles.to("umol").magnitude / pk.volume if dim == _DIM["mass"] else moles.to("uM").magnitude
+        moles = q / ureg.Quantity(molar_mass, "g/mol")
+        conc = moles.to("umol").magnitude / volume if dim == dims["mass"] else moles.to("uM").magnitude
     else:
         shown = "dimensionless" if not dim else str(dim)
         raise ScenarioError(f"{key}: {amount!r} has dimension {shown}; {_VALID}")
@@ -121,12 +131,14 @@ def dose_concentration(amount: float | str, pk: PKSpec, key: str) -> float:
 
 def _read(text: str, key: str) -> pint.Quantity:
     """Parse a dose string with pint; a number without a unit is refused."""
+    import pint
+
     try:
         q = read(text)
     except UnsafeQuantity as exc:
         raise ScenarioError(f"{key}: {exc}") from None
     except ValueError:
         raise ScenarioError(f"{key}: cannot read {text!r} as a dose; {_VALID}") from None
-    if not isinstance(q, pint.Quantity) or q.units == ureg.dimensionless:
+    if not isinstance(q, pint.Quantity) or q.units == registry().dimensionless:
         raise ScenarioError(f"{key}: {bare_number_message(text, 'uM')}, or '{text.strip()} umol'")
     return q

@@ -14,13 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterable, Literal
 
-import pint
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
 from .. import pharmacology
 from .drugs import Dose
 from .spec import Name, Spec, at
-from .units import Fraction, Quantity, read, to_base
+from .units import Fraction, Quantity, read, remember, to_base
 
 #: Resistance mechanisms a clone can carry (docs/model.md, Cancer cells) and a sequencing step can name.
 MECHANISMS = tuple(pharmacology.MECHANISMS)
@@ -50,20 +49,30 @@ class Size:
         return f"{self.value!r} {self.unit}"
 
 
+_VALID_SIZE = "a cell count ('100 cell') or a volume ('1e6 um**3', '0.001 mm**3')"
+
+
 def _size(value: Any) -> Size:
     if isinstance(value, Size):
         return value
-    valid = "a cell count ('100 cell') or a volume ('1e6 um**3', '0.001 mm**3')"
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
         return Size(0.0, "cell")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         raise ValueError(f"a bare number is ambiguous; write e.g. '{value:g} cell' or '{value:g} um**3'")
     if not isinstance(value, str):
-        raise ValueError(f"expected {valid}, got {value!r}")
+        raise ValueError(f"expected {_VALID_SIZE}, got {value!r}")
+    return Size(*_size_text(value))
+
+
+@remember
+def _size_text(value: str) -> list:
+    """[value, unit] of a tumour size given as text (see :func:`_size`)."""
+    import pint
+
     try:
         q = read(value)
     except ValueError as exc:
-        raise ValueError(f"cannot read {value!r} ({exc}); write {valid}") from None
+        raise ValueError(f"cannot read {value!r} ({exc}); write {_VALID_SIZE}") from None
     if not isinstance(q, pint.Quantity) or q.unitless:
         raise ValueError(f"a bare number is ambiguous; write e.g. '{value.strip()} cell' or "
                          f"'{value.strip()} um**3'")
@@ -72,8 +81,8 @@ def _size(value: Any) -> Size:
             out = to_base(q, unit)
             if not math.isfinite(out) or out < 0:
                 raise ValueError(f"{value!r} is not a finite size >= 0")
-            return Size(out, unit)
-    raise ValueError(f"{value!r} has dimension {q.dimensionality}; write {valid}")
+            return [out, unit]
+    raise ValueError(f"{value!r} has dimension {q.dimensionality}; write {_VALID_SIZE}")
 
 
 #: A tumour size: cells or volume (see :class:`Size`); shown as '100 cell' or '1e6 um**3'.

@@ -18,34 +18,70 @@ is shown in (in the schema, in ``config.resolved.yaml`` and in error hints). Def
 declared as text with their unit (``'30 um/s'``) and read through the same path as user input,
 so a default cannot be labelled in one unit and stored in another. The validated model holds
 plain floats in base units, so nothing downstream ever sees a unit again.
+
+The results of the conversions (:func:`remember`: a text in a base unit, a value shown in a unit,
+doses and tumour sizes in their modules) are kept on disk between processes (:data:`memo`), so
+that a process whose every quantity was read before never imports pint; pint is imported at
+the first conversion not seen before, and at every text that is refused.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import math
 import re
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pint
 import annotated_types
 from pydantic import BeforeValidator, PlainSerializer
 
-def _registry() -> pint.UnitRegistry:
-    """pint's registry with its parsed definition files cached in ``$TME_CACHE_DIR/pint``
-    (0.15 s instead of 1.0 s to build, measured on a loaded machine); built from the files when
-    that cache cannot be used (an unwritable or damaged cache costs time, never correctness)."""
-    from .. import cache
+from .. import cache
+
+if TYPE_CHECKING:
+    import pint
+
+
+@functools.lru_cache(maxsize=None)
+def registry() -> pint.UnitRegistry:
+    """pint's registry, with the units of the solver defined, built at the first call (pint is
+    imported only then: see :data:`memo`).
+
+    Its parsed definition files are cached in ``$TME_CACHE_DIR/pint`` (0.15 s instead of 1.0 s
+    to build, measured on a loaded machine); it is built from the files when that cache cannot
+    be used (an unwritable or damaged cache costs time, never correctness)."""
+    import pint
 
     try:
-        return pint.UnitRegistry(cache_folder=cache.directory() / "pint")
+        ureg = pint.UnitRegistry(cache_folder=cache.directory() / "pint")
     except Exception:  # noqa: BLE001 - any failure of the cache: build without it
-        return pint.UnitRegistry()
+        ureg = pint.UnitRegistry()
+    ureg.define("cell_fraction = [] = fraction_of_capacity")
+    ureg.define("cell = [cell_count] = cells")
+    return ureg
 
 
-ureg = _registry()
-ureg.define("cell_fraction = [] = fraction_of_capacity")
-ureg.define("cell = [cell_count] = cells")
+def _identity() -> str:
+    """What a conversion depends on besides its text: the code of the modules whose results
+    :data:`memo` keeps, and pint (its version, named by its installed metadata, and its unit
+    definitions)."""
+    here = Path(__file__).parent
+    parts = [(here / name).read_bytes() for name in ("units.py", "drugs.py", "treatment.py")]
+    spec = importlib.util.find_spec("pint")
+    pkg = Path(spec.origin).parent
+    parts += [(pkg / name).read_bytes() for name in ("default_en.txt", "constants_en.txt")]
+    parts += sorted(p.name.encode() for p in pkg.parent.iterdir()
+                    if p.name.lower().startswith("pint-") and p.suffix in (".dist-info", ".egg-info"))
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+#: The conversions of quantity texts already made, kept on disk (``$TME_CACHE_DIR/units``), so
+#: that a run whose every quantity was read before never imports pint (0.15 s of each start).
+#: Only results are kept: a text that is refused is read by pint at every call.
+memo = cache.Memo("units", _identity)
+remember = memo.remember
 
 #: Units the solver works in; everything is converted to these once.
 BASE = {"length": "um", "time": "hour", "concentration": "uM", "amount": "umol"}
@@ -65,7 +101,7 @@ _POWER = re.compile(r"(\*\*|\^)\s*(\(?\s*[-+]?\s*[0-9.]+(?:[eE][-+]?[0-9]+)?\s*\
 
 @functools.lru_cache(maxsize=None)
 def _unit(text: str) -> pint.Unit:
-    return ureg.parse_units(text)
+    return registry().parse_units(text)
 
 
 def _pretty_dimensionality(unit: pint.Unit) -> str:
@@ -73,6 +109,7 @@ def _pretty_dimensionality(unit: pint.Unit) -> str:
     return "dimensionless" if not dim else str(dim)
 
 
+@remember
 def is_dimensional(base: str) -> bool:
     return bool(_unit(base).dimensionality)
 
@@ -102,6 +139,9 @@ def read(text: str) -> pint.Quantity | float:
         if not ok or rest.startswith(("**", "^")) or before.endswith(")"):
             raise UnsafeQuantity(f"{text!r}: powers must be small plain numbers (at most {MAX_EXPONENT}, not chained), "
                              f"as in 'um**2'; write the number out, e.g. '1e5 hour'")
+    ureg = registry()
+    import pint
+
     try:
         return ureg.Quantity(s)
     except (pint.errors.PintError, ValueError, TypeError, AttributeError, SyntaxError, AssertionError,
@@ -128,8 +168,10 @@ def bare_number_message(value: Any, unit: str) -> str:
     return f"a bare number is ambiguous; write e.g. {examples}"
 
 
-@functools.lru_cache(maxsize=4096)
+@remember
 def _parse_text(value: str, base: str, unit: str) -> float:
+    import pint
+
     base_u = _unit(base)
     try:
         q = read(value)
@@ -138,7 +180,7 @@ def _parse_text(value: str, base: str, unit: str) -> float:
     except ValueError as exc:
         raise ValueError(f"cannot read {value!r} as a quantity ({exc}); write e.g. '1 {unit}'") from None
     try:
-        if not isinstance(q, pint.Quantity) or q.units == ureg.dimensionless:
+        if not isinstance(q, pint.Quantity) or q.units == registry().dimensionless:
             magnitude = q.magnitude if isinstance(q, pint.Quantity) else q
             return _bare(float(magnitude), value, base, unit)
         if q.dimensionality != base_u.dimensionality:
@@ -188,7 +230,12 @@ def show(value: float, base: str, unit: str) -> str:
     """``value`` [base] written in ``unit``, with the shortest magnitude that reads back exactly."""
     if value == 0.0:
         return f"0 {unit}"
-    magnitude = float(ureg.Quantity(value, _unit(base)).to(_unit(unit)).magnitude)
+    return _shown(value, base, unit)
+
+
+@remember
+def _shown(value: float, base: str, unit: str) -> str:
+    magnitude = float(registry().Quantity(value, _unit(base)).to(_unit(unit)).magnitude)
     candidates = [magnitude, float(f"{magnitude:.15g}")]
     for _ in range(4):
         candidates += [math.nextafter(candidates[-2], math.inf), math.nextafter(candidates[-2], -math.inf)]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from xml.sax.saxutils import quoteattr
 from pathlib import Path
 
 from . import hdf5_writes
@@ -40,6 +39,14 @@ _HEAD = ('<?xml version="1.0"?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n'
          '    <Information Name="time_unit" Value="day" />\n'
          '    <Grid Name="fields" GridType="Collection" CollectionType="Temporal">\n')
 _TAIL = "    </Grid>\n  </Domain>\n</Xdmf>\n"
+_ESCAPED = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;",
+                          "\r": "&#13;", "\t": "&#9;"})
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a quoted XML attribute value (xml.sax.saxutils.quoteattr would import urllib,
+    0.01 s of each run)."""
+    return '"' + value.translate(_ESCAPED) + '"'
 
 
 class FieldOutput:
@@ -67,7 +74,7 @@ class FieldOutput:
         # the run's provenance, as an XDMF Information element of the index (readers skip it)
         self._head = _HEAD if not info else _HEAD.replace(
             "  <Domain>\n", "  <Domain>\n    <Information Name=\"provenance\" Value="
-            + quoteattr(json.dumps(info, default=str)) + " />\n", 1)
+            + _quoted(json.dumps(info, default=str)) + " />\n", 1)
 
     # -- resuming -----------------------------------------------------------------------------
     def keep(self, n: int) -> None:
@@ -182,7 +189,7 @@ class FieldOutput:
         replace_text(self.out / "regions.csv",
                      "tag,name\n" + "".join(f"{tag},{name}\n" for name, tag in self.regions.items()))
         return "".join(
-            f'        <Attribute Name={quoteattr("region=" + name)} AttributeType="Scalar" Center="Grid">\n'
+            f'        <Attribute Name={_quoted("region=" + name)} AttributeType="Scalar" Center="Grid">\n'
             f'          <DataItem Dimensions="1" NumberType="Int" Format="XML">{int(tag)}</DataItem>\n'
             f'        </Attribute>\n' for name, tag in self.regions.items())
 

@@ -70,7 +70,7 @@ import numpy as np
 from .. import log as tme_log
 from ..config.scenario import Scenario, load, quantity_units, resolved_yaml, value_at
 from ..config.spec import ScenarioError
-from ..config.units import parse_quantity, show, ureg
+from ..config.units import parse_quantity, registry, show
 from .measurements import Measurements, mesh_dim, parse_noise, read_measurements
 
 #: The files ``tme fit`` writes in its output directory (replaced by --overwrite, nothing else).
@@ -131,7 +131,7 @@ class Parameter:
         """``theta`` [base units] in the parameter's unit."""
         if self.base == "dimensionless" or theta is None:
             return theta
-        return float(ureg.Quantity(theta, self.base).to(self.unit).magnitude)
+        return float(registry().Quantity(theta, self.base).to(self.unit).magnitude)
 
     def describe(self, theta: float) -> str:
         v = self.shown(theta)

@@ -157,11 +157,11 @@ def _units(key: str) -> tuple[str, str]:
 
 def _base(q: dict, what: str) -> float:
     """A value of fit.json (in the parameter's unit) back in base units."""
-    from ..config.units import ureg
+    from ..config.units import registry
 
     base, unit = _units(q["key"])
     v = q[what]
-    return v if base == "dimensionless" else float(ureg.Quantity(v, unit).to(base).magnitude)
+    return v if base == "dimensionless" else float(registry().Quantity(v, unit).to(base).magnitude)
 
 
 def forecast(fitdir, strategies, out, comm=None, *, samples: int = 100, seed: int = 0,

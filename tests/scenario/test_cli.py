@@ -259,3 +259,22 @@ def test_global_options_before_or_after_the_command(minimal):
     assert _tme_now("--quiet", "validate", str(minimal), "--quiet-ok").returncode == 0
     p = _tme_now("validate", str(minimal), "--quiet-ok", "--log-all-ranks", "-q")
     assert p.returncode == 0, p.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# the collector: what a run loads is frozen when tme is the process, never in a caller's
+
+
+def test_tme_freezes_what_it_loaded_only_when_it_is_the_process(tmp_path):
+    import gc
+
+    config = _config(tmp_path)
+    before = gc.get_freeze_count()
+    assert cli.main(["validate", str(config), "--quiet-ok"]) == 0
+    assert gc.get_freeze_count() == before          # a call from Python: the caller's collector untouched
+    code = ("import gc, sys; from tme.cli import main; "
+            f"sys.argv = ['tme', 'validate', {str(config)!r}, '--quiet-ok']; status = main(); "
+            "print(status, gc.get_freeze_count() > 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["0", "True"]
