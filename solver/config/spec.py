@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
@@ -14,30 +13,7 @@ class ScenarioError(ValueError):
     """A scenario (or mesh, or command-line value) that cannot be used; the message is one line."""
 
 
-#: Set while a section's class is built: pydantic before 2.11 checks the core schema it has
-#: generated against pydantic-core's schema of schemas before it builds the validator from it
-#: (which refuses a schema it cannot build); 2.11 dropped that check. It cost 0.035 s of every
-#: start here (of 0.17 s for all the sections); the validators, and so the validation of a
-#: scenario, are the same without it (``tme schema`` writes a bound of 0 as 0, not 0.0, as it
-#: does with pydantic 2.11 and later). Other models of the process are built as pydantic builds them.
-_BUILD_ENVIRONMENT = {"PYDANTIC_SKIP_VALIDATING_CORE_SCHEMAS": "1"}
-
-
-class _Built(type(BaseModel)):
-    """The metaclass of the sections: a class is built in :data:`_BUILD_ENVIRONMENT`."""
-
-    def __new__(mcs, *args, **kwargs):
-        saved = {k: os.environ.get(k) for k in _BUILD_ENVIRONMENT}
-        os.environ.update({k: v for k, v in _BUILD_ENVIRONMENT.items() if saved[k] is None})
-        try:
-            return super().__new__(mcs, *args, **kwargs)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-
-
-class Spec(BaseModel, metaclass=_Built):
+class Spec(BaseModel):
     """Base of every scenario section: frozen, unknown keys forbidden."""
 
     # defaults are declared as text with their unit and read like user input

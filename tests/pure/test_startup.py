@@ -221,14 +221,3 @@ def test_concurrent_writers_leave_a_whole_table(tmp_path, quantities, cold):
     assert [p.name for p in (tmp_path / "units").iterdir()] == [next((cold[0] / "units").glob("*.json")).name]
     after = probe(tmp_path, {"quantities": keys, "doses": DOSES})
     assert after["results"] == {k: v for k, v in cold[1].items() if k in after["results"]}
-
-
-def test_the_sections_leave_pydantic_as_they_found_it():
-    """The sections are built without pydantic's check of its own schemas (tme.config.spec);
-    the setting that turns it off is gone once they are built."""
-    code = ("import os; from tme.config import scenario; "
-            "print('PYDANTIC_SKIP_VALIDATING_CORE_SCHEMAS' in os.environ)")
-    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_SKIP_VALIDATING_CORE_SCHEMAS"}
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "False"
