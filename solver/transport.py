@@ -64,16 +64,17 @@ ESTIMATE_RTOL = 0.2
 #: preconditioner application per solve with an initial guess (for ||B b||) and one after the
 #: last iteration; under AMG it also let the true residual be 2-20x rtol. Measured on the
 #: 106k-dof block of bench/accuracy.py (the matrices of all four species at τ = 0.1 and 0.4 h,
-#: rtol 1e-5 from the step's initial guess): 0-2 fewer V-cycles per solve, one instead of two
-#: per filter solve of the error estimate, the solution as close or up to 140x closer to the
-#: exact one; Jacobi-CG takes the same iterations.
+#: rtol 1e-5 from the step's initial guess): 0-2 fewer V-cycles per solve, the solution as close
+#: or up to 140x closer to the exact one; Jacobi-CG takes the same iterations. The filter solves
+#: of the error estimate (rtol 0.2, from 0) take two iterations under a kept hierarchy where they
+#: took one: the same two V-cycles.
 NORM = "unpreconditioned"
 #: How often the error estimate is filtered by (M + τA)⁻¹M: twice, so that a stiff mode's
 #: estimate falls like its true error, as 1/(λ dt) (see :meth:`SpeciesSolver._embedded_error`).
 FILTERS = 2
 #: An AMG hierarchy built for steps of τ₀ preconditions steps of τ within this factor of τ₀
 #: (a step-size controller changes τ every step; a BoomerAMG set-up costs about 15 V-cycles of
-#: these matrices, a hierarchy built for a step up to 4x off 0-0.6 more iterations per solve on
+#: these matrices, a hierarchy built for a step up to 4x off 0.1-0.9 more iterations per solve on
 #: the block of bench/accuracy.py).
 PC_REUSE_RATIO = 4.0
 
