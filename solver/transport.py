@@ -16,7 +16,8 @@ A = K + diag(d) with K = the stiffness matrix of D(x), assembled ONCE per specie
 that changes with dt and N_tot. Both TR-BDF2 stages solve with the backward-Euler matrix of a
 step τ = (γ/2) dt, so the two schemes share every piece below. A step writes the new diagonal
 into A (O(n), no assembly), builds the right-hand side from precomputed vectors (no assembly),
-and solves with a KSP that keeps its preconditioner while only N_tot moved. Lumping also keeps
+and solves with a KSP that keeps its AMG preconditioner while only N_tot moved and the step
+stays within :data:`PC_REUSE_RATIO` of the one it was built for. Lumping also keeps
 backward Euler positive (an M-matrix on non-obtuse meshes) and is what makes the transport mass
 balance exact per step.
 
@@ -58,9 +59,24 @@ _E0, _E_TR, _E1 = (math.sqrt(2.0) - 1.0) / 3.0, -1.0 / 3.0, GAMMA / 3.0
 #: estimate's norm is 0.94-1.13 x (its vector within 25 %), and the filter solves cost 0.69 s
 #: of a step instead of 1.79 s at 1e-2 (one AMG V-cycle, or 5-10 Jacobi-CG iterations, each).
 ESTIMATE_RTOL = 0.2
+#: The residual norm of the CG convergence test (PETSc's ``ksp_norm_type``): the true residual,
+#: ||b − A x|| <= rtol ||b||. PETSc's default, the preconditioned residual, costs one more
+#: preconditioner application per solve with an initial guess (for ||B b||) and one after the
+#: last iteration; under AMG it also let the true residual be 2-20x rtol. Measured on the
+#: 106k-dof block of bench/accuracy.py (the matrices of all four species at τ = 0.1 and 0.4 h,
+#: rtol 1e-5 from the step's initial guess): 0-2 fewer V-cycles per solve, the solution as close
+#: or up to 140x closer to the exact one; Jacobi-CG takes the same iterations. The filter solves
+#: of the error estimate (rtol 0.2, from 0) take two iterations under a kept hierarchy where they
+#: took one: the same two V-cycles.
+NORM = "unpreconditioned"
 #: How often the error estimate is filtered by (M + τA)⁻¹M: twice, so that a stiff mode's
 #: estimate falls like its true error, as 1/(λ dt) (see :meth:`SpeciesSolver._embedded_error`).
 FILTERS = 2
+#: An AMG hierarchy built for steps of τ₀ preconditions steps of τ within this factor of τ₀
+#: (a step-size controller changes τ every step; a BoomerAMG set-up costs about 15 V-cycles of
+#: these matrices, a hierarchy built for a step up to 4x off 0.1-0.9 more iterations per solve on
+#: the block of bench/accuracy.py).
+PC_REUSE_RATIO = 4.0
 
 
 @dataclass
@@ -312,8 +328,10 @@ class SpeciesSolver:
         if choice == "direct":
             opts[p + "ksp_type"] = "preonly"
             opts[p + "pc_type"] = "lu"
+            opts.delValue(p + "ksp_norm_type")
         else:
             opts[p + "ksp_type"] = "cg"
+            opts[p + "ksp_norm_type"] = NORM   # converged at ||b - A x|| <= rtol ||b||
             if choice == "amg":
                 # BoomerAMG tuned for these P1 matrices: 2–3x cheaper per step than its defaults
                 opts[p + "pc_type"] = "hypre"
@@ -341,21 +359,37 @@ class SpeciesSolver:
         d[~self.free] = 0.0
         return d
 
+    def _keeps_hierarchy(self, tau: float) -> bool:
+        """May the AMG hierarchy built for steps of :attr:`pc_dt` precondition steps of ``tau``?
+
+        M/τ + A changes smoothly with τ: within a factor :data:`PC_REUSE_RATIO` the old
+        hierarchy costs less than an iteration per solve, against a set-up of about 15
+        V-cycles. Where the solver choice itself would change (``auto`` crossing
+        ``amg_threshold``), the solver is configured afresh."""
+        if self.pc_kind != "amg" or self.pc_dt is None or self._dt is None:
+            return False
+        if self.solver_choice == "auto" and not (self.h and self.D_max * tau / self.h ** 2 > self.amg_threshold):
+            return False
+        return max(tau / self.pc_dt, self.pc_dt / tau) <= PC_REUSE_RATIO
+
     def _matrix(self, tau: float, n_tot: np.ndarray | None) -> bool:
         """Write M/τ + A for cell density ``n_tot``: a diagonal write, and a copy and an AXPY
         of K when τ changed (consistent mass); never an assembly. True when τ changed."""
         new_tau = tau != self._dt
+        keep = not new_tau or self._keeps_hierarchy(tau)
         if new_tau:
-            self.step_matrix(tau, n_tot)
+            self.step_matrix(tau, n_tot, keep_preconditioner=keep)
         else:
             self._diag.array[:] = self.base_diag + self.diagonal(tau, n_tot)
             self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
-        # Re-use the preconditioner while only N_tot moved: its hierarchy stays a good one.
-        self.ksp.getPC().setReusePreconditioner(not new_tau and self.pc_kind == "amg")
-        if new_tau or self.pc_kind != "amg":
+        # Re-use the preconditioner while only N_tot moved, or τ moved within PC_REUSE_RATIO of
+        # the step it was built for: its hierarchy stays a good one.
+        self.ksp.getPC().setReusePreconditioner(keep and self.pc_kind == "amg")
+        if not keep or self.pc_kind != "amg":
             COUNTERS.pc_setups += 1
-        if new_tau and self.pc_kind == "amg":
+        if not keep and self.pc_kind == "amg":
             # a reused preconditioner is part of the state: a resumed run rebuilds it from this
+            self._build_preconditioner()
             self.pc_n_tot = None if n_tot is None else n_tot[: self.m.size].copy()
             self.pc_dt = tau
         self._dt = tau
@@ -397,6 +431,9 @@ class SpeciesSolver:
         if self.plasma_bc:
             b += level_bc * self.lift_plasma.array
         b[self.bc_rows] = g
+        # written through a NumPy view, which PETSc sees only when the view is released: until
+        # then it would take ||b|| for the convergence test from its cache (0 for a new vector)
+        self.b.stateIncrease()
         self.ksp.solve(self.b, self.c.x.petsc_vec)
         reason = self.ksp.getConvergedReason()
         if reason < 0:
@@ -563,15 +600,27 @@ class SpeciesSolver:
         """Rebuild the preconditioner a resumed run's next step reuses: the one the saved run
         built for solves over ``dt`` [hour] (:attr:`pc_dt`: the step of backward Euler, γ/2 of
         it for TR-BDF2) at cell density ``n_tot`` (owned dofs), so that the resumed run repeats
-        the saved one's solves exactly."""
+        the saved one's solves exactly (and, mid-run, the preconditioner a vessel collapse
+        calls for: the same call, so that both runs build the same one)."""
         self.step_matrix(dt, n_tot)
-        self.ksp.setUp()
+        self._build_preconditioner()
         self.pc_n_tot = None if n_tot is None else np.array(n_tot[: self.m.size])
         self.pc_dt = dt
 
-    def step_matrix(self, dt: float, n_tot: np.ndarray | None) -> None:
+    def _build_preconditioner(self) -> None:
+        """Build the preconditioner of the matrix as it is now. PETSc builds one lazily, at its
+        first application after the matrix changed: a KSP set up once skips it in
+        ``KSP.setUp()``, and a solve whose initial guess already meets the tolerance applies
+        none. A hierarchy carried to later steps must be the one of the step that asked for it
+        (which a resumed run rebuilds from :attr:`pc_dt` and :attr:`pc_n_tot`), so it is built
+        here."""
+        self.ksp.setUp()
+        self.ksp.getPC().setUp()
+
+    def step_matrix(self, dt: float, n_tot: np.ndarray | None, keep_preconditioner: bool = False) -> None:
         """Configure the solver for solves over ``dt`` [hour] (M/dt + A) and write that
-        matrix at cell density ``n_tot``."""
+        matrix at cell density ``n_tot``; ``keep_preconditioner``: the solver stays configured
+        as it is and its AMG hierarchy is kept (:meth:`_keeps_hierarchy`)."""
         if self.M is not None:
             # A = K + M/dt; same sparsity, so a copy and an AXPY, not an assembly
             self.K.copy(self.A, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
@@ -579,10 +628,11 @@ class SpeciesSolver:
             self.base_diag = self.K_diag.array + self.M_diag.array / dt
         else:
             self.base_diag = self.K_diag.array.copy()
-        self._configure_solver(dt)
+        if not keep_preconditioner:
+            self._configure_solver(dt)
         self._diag.array[:] = self.base_diag + self.diagonal(dt, n_tot)
         self.A.setDiagonal(self._diag, addv=PETSc.InsertMode.INSERT_VALUES)
-        self.ksp.getPC().setReusePreconditioner(False)
+        self.ksp.getPC().setReusePreconditioner(keep_preconditioner)
         self._dt = dt
 
     def balance(self) -> dict:

@@ -269,3 +269,99 @@ def test_boundary_value_keys():
                       ({"plasma": True, "plasma_fraction": 2.0}, "less than or equal to 1")]:
         with pytest.raises(ValidationError, match=text):
             BoundaryValue(**bad)
+
+
+def _amg_block(comm):
+    from dolfinx import fem
+
+    from tme.config.scenario import BuiltinMesh
+    from tme.mesh import build as meshes
+
+    dom = meshes.build(BuiltinMesh(kind="box", size=[100.0, 100.0, 100.0], cells=[8, 8, 8]), comm)
+    return dom, fem.functionspace(dom.mesh, ("Lagrange", 1))
+
+
+def _amg_solver(dom, V, rtol, scheme="backward_euler"):
+    import numpy as np
+    from dolfinx import fem
+
+    from tme.transport import SpeciesModel, SpeciesSolver
+
+    model = SpeciesModel("c", fem.Constant(dom.mesh, 5000.0), decay=0.1, uptake=2.0,
+                         source=fem.Constant(dom.mesh, 1.0),
+                         initial=lambda X: np.exp(-((X[0] - 50) ** 2 + (X[1] - 50) ** 2) / 400.0))
+    return SpeciesSolver(model, V, dom.facet_tags, solver="amg", cell_size=12.5, rtol=rtol,
+                         scheme=scheme, estimate=scheme == "tr_bdf2")
+
+
+@pytest.mark.mpi
+def test_amg_hierarchy_kept_while_the_step_changes_within_a_factor(comm):
+    """Steps growing ×1.5 rebuild the BoomerAMG hierarchy only when the step has moved beyond
+    PC_REUSE_RATIO of the one it was built for, and the solutions equal those of a solver that
+    rebuilds it every step, to the Krylov tolerance."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from tme import transport
+    from tme.transport import COUNTERS
+
+    dom, V = _amg_block(comm)
+    steps = [0.1 * 1.5 ** k for k in range(8)]   # τ spans a factor 1.5⁷ ≈ 17
+    kept, fresh = _amg_solver(dom, V, 1e-12), _amg_solver(dom, V, 1e-12)
+    n_tot = np.full(kept.m.size, 0.5)
+    setups = []
+    t0 = 0.0
+    for t1 in np.cumsum(steps):
+        before = COUNTERS.pc_setups
+        kept.step(t0, t1, n_tot)
+        setups.append(COUNTERS.pc_setups - before)
+        ratio, transport.PC_REUSE_RATIO = transport.PC_REUSE_RATIO, 1.0  # the reference:
+        try:                                                              # built every step
+            fresh.step(t0, t1, n_tot)
+        finally:
+            transport.PC_REUSE_RATIO = ratio
+        t0 = t1
+    # built at 0.1 (kept for 0.15, 0.225, 0.3375: within 4×), rebuilt at 0.506 (kept up to 1.7)
+    assert setups == [1, 0, 0, 0, 1, 0, 0, 0]
+    assert kept.pc_dt == pytest.approx(steps[4])
+    n = kept.m.size
+    diff = comm.allreduce(float(np.max(np.abs(kept.c.x.array[:n] - fresh.c.x.array[:n]), initial=0.0)), op=MPI.MAX)
+    peak = comm.allreduce(float(np.max(fresh.c.x.array[:n], initial=0.0)), op=MPI.MAX)
+    assert diff < 1e-9 * peak
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("scheme", ["backward_euler", "tr_bdf2"])
+def test_solver_rebuilt_from_its_saved_state_repeats_its_solves(comm, scheme):
+    """What a resumed run does: a new solver given the field, the diagonal and the reused
+    preconditioner's (pc_dt, pc_n_tot) of one that has run takes the next steps to the bit,
+    iterations included — also after the running one rebuilt its preconditioner for a new line
+    diagonal (a vessel collapse) and across a change of step within PC_REUSE_RATIO. The Krylov
+    tolerance is not tight, so that a different preconditioner or convergence test shows."""
+    import numpy as np
+
+    dom, V = _amg_block(comm)
+    running = _amg_solver(dom, V, 1e-6, scheme)
+    n = running.m.size
+    n_tot = np.linspace(0.2, 0.9, n)
+    t = 0.0
+    for dt in (0.2, 0.3, 0.45):
+        running.step(t, t + dt, n_tot)
+        t += dt
+    # a collapse: a line source's new diagonal (as a vessel network's exchange passes it each
+    # step), and the reused preconditioner rebuilt for it
+    line = (np.linspace(0.0, 5.0, n) * running.m, np.zeros(n))
+    running.line_diagonal[:] = line[0]
+    n_tot = n_tot * 1.1
+    running.restore_preconditioner(running.pc_dt, n_tot)
+    resumed = _amg_solver(dom, V, 1e-6, scheme)
+    resumed.c.x.array[:] = running.c.x.array
+    resumed.line_diagonal[:] = line[0]
+    resumed.restore_preconditioner(running.pc_dt, running.pc_n_tot)
+    for dt in (0.45, 0.6, 0.9):   # the same step, then within 4× of the saved one
+        its = [s.step(t, t + dt, n_tot, nodal_exchange=line) for s in (running, resumed)]
+        assert its[0] == its[1] and its[0] > 0
+        assert np.array_equal(running.c.x.array[:n], resumed.c.x.array[:n])
+        if scheme == "tr_bdf2":
+            assert np.array_equal(running.error, resumed.error)
+        t += dt
