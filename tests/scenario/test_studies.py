@@ -288,3 +288,24 @@ def test_cohort_and_sensitivity_from_the_command_line(tmp_path):
     rows = list(csv.DictReader(open(out / "sensitivity.csv")))
     assert [r["parameter"] for r in rows] == ["drugs.chemo.emax", "drugs.chemo.diffusivity"]
     assert "S1_low" in rows[0] and rows[0]["metric"] == "nadir"
+
+
+def test_sensitivity_on_two_ranks_equals_one_from_the_command_line(tmp_path):
+    """The same Morris design on 1 rank and on 2 (two groups of one rank taking runs as they
+    become free): the same indices."""
+    if MPI.COMM_WORLD.size > 1:
+        pytest.skip("starts its own runs")
+    config = _write_yaml(tmp_path / "wellmixed.yaml", WELL_MIXED)
+    tables = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"sens{ranks}"
+        p = tme("sensitivity", config, "--vary", VARY[0], "--vary", VARY[1], "--samples", "3",
+                "--method", "morris", "--output", "final_burden", "--out", out, ranks=ranks)
+        _, err = finish(p, 180)
+        assert p.returncode == 0, err
+        assert f"on {ranks} group(s) of 1 rank(s)" in err
+        tables[ranks] = list(csv.DictReader(open(out / "sensitivity.csv")))
+    assert [r["parameter"] for r in tables[2]] == [r["parameter"] for r in tables[1]]
+    for a, b in zip(tables[1], tables[2]):
+        for key in ("mu_star", "mu", "sigma"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-9, abs=1e-12), key
