@@ -34,8 +34,10 @@ def git_state(where: Path = SOURCE) -> dict:
     (an installed package, git missing, not a repository)."""
 
     def git(*args):
-        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        # no optional locks: 'git status' would otherwise refresh the index under
+        # .git/index.lock, which a run killed at that moment leaves behind in the user's checkout
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(where), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
 
     try:
         if Path(git("rev-parse", "--show-toplevel")).resolve() != where.resolve():
