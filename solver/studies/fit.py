@@ -321,7 +321,8 @@ class Calibration:
     arithmetic on the residuals, identical on every rank."""
 
     def __init__(self, scenario: Scenario, measurements: Measurements, params: list[Parameter],
-                 evaluate: Evaluator, fd_step: float | None = None, comm=None):
+                 evaluate: Evaluator, fd_step: float | None = None, comm=None,
+                 record: Path | None = None):
         self.measurements, self.params, self.evaluate = measurements, params, evaluate
         self.comm = comm
         self.scenario = prepare(scenario, measurements)
@@ -335,6 +336,9 @@ class Calibration:
         self.groups = getattr(evaluate, "groups", 1)
         self.cache: dict[bytes, tuple[Evaluation, np.ndarray]] = {}
         self.history: list[dict] = []
+        #: ``history.csv`` appended as the fit goes (rank 0), one whole row per evaluation
+        self.record = None if record is None else Path(record)
+        self._record_columns: list[str] | None = None
         self.failures: list[dict] = []
         self.runs = 0
         self.iteration = 0
@@ -437,11 +441,30 @@ class Calibration:
                              **{f"z_{p.key}": float(zj) for p, zj in zip(self.params, z)},
                              **self._shown(z), "cost": cost, "ok": cost is not None,
                              "runs": self.runs, "error": None if cost is not None else ev.error})
+        self._append_record(self.history[-1])
         if self._rank0():
             self.logger.info(f"fit: evaluation {len(self.history)} (iteration {self.iteration}): "
                              f"{self._text(z)}: cost {'failed' if cost is None else f'{cost:.6g}'}; "
                              f"{self.runs} runs")
         return r if cost is not None else np.full(self.m, np.inf)
+
+    def _append_record(self, row: dict) -> None:
+        """Append ``row`` to :attr:`record` (rank 0) with one write: a fit killed at any moment
+        keeps every evaluation it finished, each a whole row (the columns of the first)."""
+        if self.record is None or not self._rank0():
+            return
+        import os
+
+        from .. import outputs
+
+        if self._record_columns is None:
+            self._record_columns = list(row)
+            outputs.replace_text(self.record, ",".join(self._record_columns) + "\n")
+        fd = os.open(self.record, os.O_WRONLY | os.O_APPEND)
+        try:
+            outputs.append_line(fd, ",".join(_csv(row.get(c)) for c in self._record_columns) + "\n")
+        finally:
+            os.close(fd)
 
     def _columns(self, z) -> tuple[list[np.ndarray], list[float]]:
         """The points of the forward-difference columns at ``z`` and their signed steps."""
@@ -934,7 +957,8 @@ def fit(scenario, data, params, *, log=(), noise=None, start: dict | None = None
     ``"KEY=LOW..HIGH"``), bounds with their units; ``log``: keys fitted on a log scale;
     ``noise``: ``"lognormal:cv=0.1"`` or a list/dict of ``--noise`` specs; ``start``: ``{key:
     value}`` instead of the scenario's values; ``changes``: ``{key: value}`` applied to the
-    scenario first (``overrides``: the same as ``--set`` items ``"key=value"``); ``out``: write fit.json, fit.csv, fitted.yaml, fit.png there;
+    scenario first (``overrides``: the same as ``--set`` items ``"key=value"``); ``out``: write fit.json, fit.csv, fitted.yaml, fit.png there
+    (and history.csv, a row per evaluation as the fit goes);
     ``ranks_per_run``: ranks of each forward run (the others run other Jacobian columns
     concurrently); ``multistart``: K more starts from a scrambled Sobol design (``seed``) in the
     scaled box, the best kept; ``fd_step``: the forward-difference step in the scaled
@@ -1006,7 +1030,12 @@ def _fit(scenario, data, params, log, noise, start, changes, overrides, out, com
         outputs.check_directory(Path(out), comm, overwrite, inputs, owned=FIT_FILES)
     if evaluator is None:
         evaluator = batch_evaluator(comm, measurements.times, ranks_per_run)
-    cal = Calibration(scenario, measurements, parameters, evaluator, fd_step, comm)
+    record = None
+    if out is not None:
+        # the directory is made now: history.csv grows as the fit goes
+        outputs.prepare_directory(Path(out), comm, overwrite, owned=FIT_FILES)
+        record = Path(out) / "history.csv"
+    cal = Calibration(scenario, measurements, parameters, evaluator, fd_step, comm, record=record)
     starts = [cal.start_point()]
     if multistart:
         starts += list(sobol_starts(len(parameters), int(multistart), int(seed)))
@@ -1021,9 +1050,11 @@ def _fit(scenario, data, params, log, noise, start, changes, overrides, out, com
     try:
         best, all_starts = cal.solve(starts, max_evaluations=int(max_evaluations))
     except Stopped as exc:
+        kept = (f"the evaluations so far are in {record}" if record is not None
+                else "nothing written")
         raise Stopped(exc.signal, f"tme: fit stopped by {_signal_name(exc.signal)} after "
-                                  f"{len(cal.history)} evaluation(s) ({cal.runs} runs); nothing "
-                                  f"written: run tme fit again to start afresh") from None
+                                  f"{len(cal.history)} evaluation(s) ({cal.runs} runs); {kept}: "
+                                  f"run tme fit again (with --overwrite) to start afresh") from None
     wall = wallclock.perf_counter() - started
     meta = {"config": None if config is None else str(config), "data": data_name,
             "noise": {k: str(v) for k, v in noise_map.items()}, "ranks": comm.size,
@@ -1036,10 +1067,9 @@ def _fit(scenario, data, params, log, noise, start, changes, overrides, out, com
     if out is not None:
         from .. import outputs, provenance
 
-        outputs.prepare_directory(Path(out), comm, overwrite, owned=FIT_FILES)
-        record = provenance.finished(provenance.collect(resolved_yaml(fitted), comm, argv))
-        report["provenance"] = record
-        write(Path(out), result, comm, record)
+        prov = provenance.finished(provenance.collect(resolved_yaml(fitted), comm, argv))
+        report["provenance"] = prov
+        write(Path(out), result, comm, prov)
         if comm.rank == 0:
             logger.info(f"fit: wrote {Path(out) / 'fit.json'}, fit.csv, fitted.yaml (tme run it), "
                         f"fit.png, history.csv and residuals.csv")

@@ -178,8 +178,9 @@ def test_an_existing_out_is_kept(one_rank, exact_data, tmp_path):
 
 
 def test_a_signal_stops_the_fit_in_one_line(exact_data, tmp_path):
-    """SIGTERM during the fit: the run under way stops at the end of its step, nothing is
-    written, one line says so, and the exit status is 128 + 15."""
+    """SIGTERM during the fit: the run under way stops at the end of its step, one line says
+    so, the exit status is 128 + 15, and history.csv holds every evaluation finished, each a
+    whole row (written as the fit goes)."""
     import signal
     import time
 
@@ -197,5 +198,14 @@ def test_a_signal_stops_the_fit_in_one_line(exact_data, tmp_path):
     p.send_signal(signal.SIGTERM)
     _, err = finish(p, 120)
     assert p.returncode == 128 + signal.SIGTERM, err
-    assert "tme: fit stopped by SIGTERM after" in err and "nothing written" in err
-    assert "Traceback" not in err and not (tmp_path / "o").exists()
+    assert "tme: fit stopped by SIGTERM after" in err, err
+    assert f"the evaluations so far are in {tmp_path / 'o' / 'history.csv'}" in err, err
+    assert "Traceback" not in err
+    import csv
+
+    done = sum(ln.startswith("fit: evaluation ") for ln in seen + err.splitlines())
+    rows = list(csv.DictReader(open(tmp_path / "o" / "history.csv")))
+    assert len(rows) == done >= 1
+    assert [int(r["evaluation"]) for r in rows] == list(range(1, done + 1))
+    assert all(r["cost"] and float(r["cost"]) >= 0 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["history.csv"]
