@@ -339,6 +339,8 @@ class Calibration:
         #: ``history.csv`` appended as the fit goes (rank 0), one whole row per evaluation
         self.record = None if record is None else Path(record)
         self._record_columns: list[str] | None = None
+        #: the fit's StopSignals (set by the caller while the fit runs), or None
+        self.signals = None
         self.failures: list[dict] = []
         self.runs = 0
         self.iteration = 0
@@ -385,6 +387,7 @@ class Calibration:
                     scen = exc
                 runs.append((f"fit_{self._names:05d}", scen))
             good = [(n, s) for n, s in runs if isinstance(s, Scenario)]
+            self._check_stop()
             results = iter(self.evaluate(good) if good else [])
             self.runs += len(good)
             for (name, scen), key, z in zip(runs, keys, todo):
@@ -447,6 +450,22 @@ class Calibration:
                              f"{self._text(z)}: cost {'failed' if cost is None else f'{cost:.6g}'}; "
                              f"{self.runs} runs")
         return r if cost is not None else np.full(self.m, np.inf)
+
+    def _check_stop(self) -> None:
+        """Raise Stopped (every rank) when a signal came between two batches of runs (noted by
+        :attr:`signals`, which the fit holds while it runs; inside a batch the batch's own
+        handlers note it and the batch stops)."""
+        if self.signals is None:
+            return
+        from .batch import Stopped
+
+        noted = self.signals.received or 0
+        if self.comm is not None:
+            from mpi4py import MPI
+
+            noted = self.comm.allreduce(noted, op=MPI.MAX)
+        if noted:
+            raise Stopped(int(noted), "stopped between two batches of runs")
 
     def _append_record(self, row: dict) -> None:
         """Append ``row`` to :attr:`record` (rank 0) with one write: a fit killed at any moment
@@ -1047,8 +1066,13 @@ def _fit(scenario, data, params, log, noise, start, changes, overrides, out, com
                     f"{cal.groups} group(s) of ranks")
     from .batch import Stopped
 
+    from ..problem import StopSignals
+
     try:
-        best, all_starts = cal.solve(starts, max_evaluations=int(max_evaluations))
+        # a signal between two batches of runs (the arithmetic of the optimiser) is noted too,
+        # and stops the fit at the next batch instead of ending the process
+        with StopSignals() as cal.signals:
+            best, all_starts = cal.solve(starts, max_evaluations=int(max_evaluations))
     except Stopped as exc:
         kept = (f"the evaluations so far are in {record}" if record is not None
                 else "nothing written")

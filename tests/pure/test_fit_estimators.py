@@ -403,3 +403,39 @@ def test_forecast_strategies(tmp_path):
         assert message in str(e.value), str(e.value)
     with pytest.raises(tme.ScenarioError, match="no fit.json"):
         Plan(tmp_path / "nothing", sts, 3, seed=0)
+
+
+def test_a_signal_between_two_batches_stops_the_fit_at_the_next():
+    """A signal that arrives while the optimiser does its arithmetic (no batch of runs under
+    way) is noted and stops the fit when the next batch would start: no further run, and the
+    evaluations so far kept."""
+    import os
+    import signal
+
+    from tme.studies.batch import Stopped
+
+    cal, ev = calibration(data())
+
+    class Noted:      # what the fit's StopSignals holds: the signal noted by its handler
+        received = None
+
+    def note(signum, frame):
+        Noted.received = signum
+
+    class Signalling(ClosedForm):
+        def __call__(self, jobs):
+            out = super().__call__(jobs)
+            if len(self.batches) == 2:       # after the second batch has returned
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+    cal.evaluate = Signalling(cal.measurements.times)
+    cal.signals = Noted
+    old = signal.signal(signal.SIGTERM, note)
+    try:
+        with pytest.raises(Stopped) as stop:
+            cal.solve([cal.start_point()])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert stop.value.signal == signal.SIGTERM
+    assert len(cal.evaluate.batches) == 2 and len(cal.history) >= 1
