@@ -55,7 +55,7 @@ from .cells.kernel import KernelError
 from .pharmacology import DRUG_CLASSES
 from .outputs import checkpoint as checkpoints
 from .outputs.checkpoint import Checkpoint
-from .outputs.fields import FieldOutput
+from .outputs.fields import FieldOutput, frame_bytes, mesh_bytes
 from .outputs.memory import MemoryFields
 from .outputs import pictures
 from .outputs.series import EventLog, TimeSeries
@@ -530,15 +530,12 @@ class Problem:
         m, sc = self.model, self.scenario
         frames = len(self.field_times) + 2  # and t = 0, and a stop between output times
         dofs = m.V.dofmap.index_map.size_global
-        cells = m.domain.mesh.topology.index_map(m.domain.dim).size_global
-        sizes = [f.function_space.dofmap.index_map.size_global * f.function_space.dofmap.index_map_bs
-                 for f in self._fields()]
-        # 8 bytes a value, and per field HDF5's records of a dataset and its index entry
-        fields = frames * (1.1 * 8.0 * sum(sizes) + 8192.0 * len(sizes)) + 8.0 * (dofs * 3 + cells * 4)
+        functions = self._fields()
+        fields = frames * frame_bytes(functions) + mesh_bytes(m.domain.mesh)
         rows = 2 * sc.time.end / sc.time.dt + 2  # steps shrink after each dose: a margin
         series = rows * 24.0 * len(self._columns())
         pictures = 300e3 * len(self._snapshot_times()) + (300e3 if sc.output.plots else 0.0)
-        what = f"{frames} frames of {len(sizes)} fields on {dofs} dofs, the time series and pictures"
+        what = f"{frames} frames of {len(functions)} fields on {dofs} dofs, the time series and pictures"
         return fields + series + pictures, what
 
     def _network_picture_field(self) -> str:

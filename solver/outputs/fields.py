@@ -169,16 +169,9 @@ class FieldOutput:
 
     # -----------------------------------------------------------------------------------------
     def _frame_bytes(self) -> int:
-        """What the next frame will take on disk [bytes], estimated from the field values (8
-        bytes a value) and, before the first frame, the mesh's geometry and topology."""
-        values = sum(fn.x.index_map.size_global * fn.x.block_size for fn in self.functions)
-        size = 8 * values
-        if self._mesh_xml is None:
-            tdim = self.mesh.topology.dim
-            cells = self.mesh.topology.index_map(tdim).size_global
-            nodes = self.mesh.geometry.index_map().size_global
-            size += 8 * (3 * nodes + cells * self.mesh.geometry.dofmap.shape[1])
-        return size
+        """What the next frame will take on disk [bytes]: :func:`frame_bytes`, and before the
+        first frame the mesh's (:func:`mesh_bytes`)."""
+        return int(frame_bytes(self.functions) + (mesh_bytes(self.mesh) if self._mesh_xml is None else 0))
 
     def _write_regions(self) -> str:
         """``regions.csv`` (once a segment, rank 0); the XML of the region names as field data
@@ -214,6 +207,23 @@ class FieldOutput:
                 texts.append("        " + ET.tostring(el, encoding="unicode").rstrip() + "\n")
             out = tuple(texts)
         return out
+
+
+# -- sizes on disk (the free-space checks before a run and before each frame) ----------------
+def frame_bytes(functions) -> float:
+    """About the bytes one frame of ``functions`` takes: 8 a value, with a tenth more, and per
+    field HDF5's records of a dataset and its index entry."""
+    values = sum(f.x.index_map.size_global * f.x.block_size for f in functions)
+    return 1.1 * 8.0 * values + 8192.0 * len(functions)
+
+
+def mesh_bytes(mesh) -> float:
+    """About the bytes of ``mesh``'s file: its node coordinates and its cells' nodes, 8 a value."""
+    from ..compat import geometry_dofmap
+
+    cells = mesh.topology.index_map(mesh.topology.dim).size_global
+    nodes = mesh.geometry.index_map().size_global
+    return 8.0 * (3 * nodes + cells * geometry_dofmap(mesh).shape[1])
 
 
 # -- reading (rank 0; the pictures are drawn from these files) ---------------------------------
