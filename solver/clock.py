@@ -202,17 +202,27 @@ class Controller:
         ratio = max(self.shrink, self.safety * err ** (-1.0 / (self.order + 1)))
         return Decision(False, self._bounded(dt * ratio))
 
+    def reach(self, t: float, dt: float, milestone: float, tol: float = 0.0) -> float:
+        """The end of the step of ``dt`` [hour] the controller asked for (not a redo) from
+        ``t`` toward ``milestone``: :meth:`land`, stretched to the milestone when at most
+        1/safety (and ``dt_max``) away. The step asked for is ``safety`` times the one
+        predicted to meet the tolerance, so the stretched step's predicted error is at most 1;
+        without it a step a few per cent short of a milestone became two of half the way,
+        again at every milestone (measured: 42 steps instead of 27 over two days of
+        bench/accuracy.py at tolerance 1e-2, every 3-h output interval taken in two steps)."""
+        return self.land(t, dt, milestone, tol, stretch=max(1.0, min(1.0 / self.safety, self.dt_max / dt)))
+
     @staticmethod
-    def land(t: float, dt: float, milestone: float, tol: float = 0.0) -> float:
+    def land(t: float, dt: float, milestone: float, tol: float = 0.0, stretch: float = 1.0) -> float:
         """The end of a step of at most ``dt`` from ``t`` [hour] toward ``milestone``.
 
-        Exactly ``milestone`` (the same float) when t + dt reaches it or comes within ``tol``
-        of it; half the way when one step of dt would leave less than a step before it (two
-        equal steps instead of a long one and a sliver, whose tiny error would then make the
-        controller's next step jump); else t + dt.
+        Exactly ``milestone`` (the same float) when t + stretch·dt reaches it or comes within
+        ``tol`` of it; half the way when one step of dt would leave less than a step before it
+        (two equal steps instead of a long one and a sliver, whose tiny error would then make
+        the controller's next step jump); else t + dt.
         """
         remaining = milestone - t
-        if dt >= remaining - tol:
+        if dt * stretch >= remaining - tol:
             return milestone
         if dt > 0.5 * remaining:
             return t + 0.5 * remaining

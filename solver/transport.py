@@ -143,7 +143,11 @@ class SpeciesSolver:
     """Stepper of one species on a P1 space (see the module docstring).
 
     scheme: 'backward_euler' or 'tr_bdf2' (:data:`SCHEMES`); estimate: with 'tr_bdf2', compute
-    the local error estimate of every step into :attr:`error` [µM per dof].
+    the local error estimate of every step into :attr:`error` [µM per dof]. steady: solve the
+    steady problem A c = f at the end of every step instead (a species that relaxes far faster
+    than any step: one solve, nothing to estimate), where it has one solution whatever the cell
+    density (:attr:`steady` says whether it is used); line_exchange: a vessel network's exchange
+    will join the diagonal (a sink the solver cannot see at set-up).
     """
 
     _instances = 0
@@ -151,13 +155,16 @@ class SpeciesSolver:
     def __init__(self, model: SpeciesModel, V: fem.FunctionSpace, facet_tags, *, lumped: bool = True,
                  solver: str = "auto", amg_threshold: float = 10.0, rtol: float = 1e-10,
                  cell_size: float | None = None, prefix: str | None = None,
-                 scheme: str = "backward_euler", estimate: bool = False):
+                 scheme: str = "backward_euler", estimate: bool = False, steady: bool = False,
+                 line_exchange: bool = False):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, not {scheme!r}")
         if scheme != "backward_euler" and model.time_source is not None:
             raise ValueError("a time_source (manufactured solutions) is stepped by backward Euler only")
         if estimate and (scheme != "tr_bdf2" or not lumped):
             raise ValueError("the error estimate needs scheme 'tr_bdf2' and lumped mass")
+        if steady and model.time_source is not None:
+            raise ValueError("a quasi-steady species has no time source")
         self.scheme, self.estimate = scheme, estimate
         self.error: np.ndarray | None = None
         self.clipped = 0.0
@@ -277,6 +284,13 @@ class SpeciesSolver:
                 self.M_rhs.assemble()
                 COUNTERS.matrix_assemblies += 1
 
+        # quasi-steady where the steady problem has one solution whatever the cells: some sink
+        # that does not vanish with them (vessel exchange, decay, a boundary value, a network's
+        # line exchange); else stepped in time, and then estimated like the others
+        self.steady = steady and (line_exchange or model.decay > 0 or bool(self.comm.allreduce(
+            bool(self.bcs) or bool(np.any(self.exchange > 0)) or bool(np.any(self.robin_coeff > 0)), op=MPI.LOR)))
+        if self.steady:
+            self.estimate = estimate = False
         self.h = cell_size
         self.D_max = self._max_diffusivity()
         self.ksp = PETSc.KSP().create(self.comm)
@@ -465,7 +479,15 @@ class SpeciesSolver:
         else:
             q0 = q1 = nodal_source
         dt = t1 - t0
-        if self.scheme == "backward_euler":
+        if self.steady:
+            # the steady problem at t1: the matrix without M/dt (dt → ∞), the sources at t1
+            self._matrix(math.inf, n_tot)
+            cp = self._level(t1)
+            c_old = self.c.x.array[:n].copy()
+            self.iterations = self._solve(c_old, cp, self._sources(cp, q1), math.inf, t1)
+            c_mean = self.c.x.array[:n]
+            self.error = None
+        elif self.scheme == "backward_euler":
             self._matrix(dt, n_tot)
             # Cp is the mean plasma level over [t0, t1], for the vessels and the plasma
             # boundaries alike: a Dirichlet value c = Cp is the limit of the Robin inflow
@@ -654,7 +676,8 @@ class SpeciesSolver:
         m = self.model
         uptake = m.uptake * self.m * L["n_tot"] if (m.uptake and L["n_tot"] is not None) else 0.0 * c
         parts = {
-            "change": float(self.m @ (c_end - L["c_old"])) - self.clipped,
+            # a quasi-steady species stores nothing: its fluxes balance at t1
+            "change": 0.0 if self.steady else float(self.m @ (c_end - L["c_old"])) - self.clipped,
             "inflow": dt * float(self.exchange @ (L["plasma"] - c)) + (
                 dt * float(L["nodal_exchange"][1].sum() - L["nodal_exchange"][0] @ c)
                 if L.get("nodal_exchange") is not None else 0.0),

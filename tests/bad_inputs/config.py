@@ -84,6 +84,9 @@ CASES = [
              GOOD + "tissue: {regions: {tissue: {caf_density: {mean: 0.2, correlation_length: 50}}}}\n"),
     validate("config-bare-oxygen-permeability", "oxygen.permeability: a bare number is ambiguous; write e.g. '30 um/s'",
              GOOD, "oxygen.permeability=30"),
+    validate("config-oxygen-initial-quasi-steady", "oxygen.initial: a quasi-steady oxygen (oxygen.quasi_steady, "
+             "the default) starts at its steady state; remove initial, or set oxygen.quasi_steady: false",
+             GOOD, "oxygen.initial=10 uM"),
     validate("config-bare-detection-limit", "treatment.detection_limit: a bare number is ambiguous",
              TREATED, "treatment.detection_limit=100"),
     validate("config-bare-boundary-value", "drugs.dox.boundary.outer.value: a bare number",

@@ -116,6 +116,19 @@ def test_landing_on_a_milestone_is_exact_and_leaves_no_sliver():
     assert land(40.0, 4.0, m) == 44.0
 
 
+def test_a_step_asked_for_stretches_to_a_milestone_within_the_safety_margin():
+    """A step the controller asks for (safety x the step of error 1) ends on a milestone up to
+    1/safety beyond it, and never beyond dt_max; without that, a step 4 % short of an output
+    interval took it in two halves at every output. A redo is landed without the stretch."""
+    c = Controller(order=2, safety=0.9, dt_max=3.2)
+    assert c.reach(15.0, 2.88, 18.0) == 18.0            # 3/2.88 = 1.04 <= 1/0.9: one step
+    assert Controller.land(15.0, 2.88, 18.0) == 16.5     # the plain landing: two halves
+    assert c.reach(15.0, 2.6, 18.0) == 16.5              # 3/2.6 = 1.15 > 1/0.9: two halves
+    assert c.reach(15.0, 1.0, 18.0) == 16.0              # far from it: the step as asked
+    assert Controller(safety=0.9, dt_max=2.9).reach(15.0, 2.88, 18.0) == 16.5   # beyond dt_max
+    assert Controller(safety=0.9).reach(15.0, 2.88, 18.0) == 18.0                # no dt_max
+
+
 def test_error_norm_is_each_fields_relative_l2_error_with_an_absolute_floor():
     m = np.ones(4)
     u = np.array([1.0, 1.0, 0.0, 0.0])
