@@ -208,7 +208,7 @@ class Controller:
         1/safety (and ``dt_max``) away. The step asked for is ``safety`` times the one
         predicted to meet the tolerance, so the stretched step's predicted error is at most 1;
         without it a step a few per cent short of a milestone became two of half the way,
-        again at every milestone (measured: 42 steps instead of 27 over two days of
+        again at every milestone (measured: 42 steps instead of 31 over two days of
         bench/accuracy.py at tolerance 1e-2, every 3-h output interval taken in two steps)."""
         return self.land(t, dt, milestone, tol, stretch=max(1.0, min(1.0 / self.safety, self.dt_max / dt)))
 

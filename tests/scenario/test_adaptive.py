@@ -199,7 +199,7 @@ def test_adaptive_outlasts_continuous_with_less_drug_and_the_fitness_cost_matter
 
 
 @pytest.mark.mpi
-def test_adaptive_spatial_holidays_win_for_the_compact_tumour_and_lose_for_the_invasive(comm, tmp_path):
+def test_adaptive_spatial_holidays_win_for_the_compact_tumour_and_tie_for_the_invasive(comm, tmp_path):
     out = _shared(comm, tmp_path) / "spatial"
     compact, invasive = "0.0005 um^2/s", "0.02 um^2/s"
     _compare("adaptive_spatial", out, comm, [f"clones.motility={compact},{invasive}"])
@@ -211,9 +211,10 @@ def test_adaptive_spatial_holidays_win_for_the_compact_tumour_and_lose_for_the_i
     # compact: the holidays outlast both other strategies, with less drug
     assert ttp["holiday", "compact"] > max(ttp["continuous", "compact"], ttp["modulation", "compact"])
     assert dose["holiday", "compact"] < 0.7 * dose["continuous", "compact"]
-    # invasive: the holidays progress first; modulation lasts as long as continuous, with less drug
-    assert ttp["holiday", "invasive"] < min(ttp["continuous", "invasive"], ttp["modulation", "invasive"])
-    assert ttp["modulation", "invasive"] >= ttp["continuous", "invasive"]
+    # invasive: every arm progresses at the same assessment; the holidays with far less drug,
+    # modulation with a little less
+    assert ttp["holiday", "invasive"] == ttp["continuous", "invasive"] == ttp["modulation", "invasive"]
+    assert dose["holiday", "invasive"] < 0.7 * dose["continuous", "invasive"]
     assert dose["modulation", "invasive"] < dose["continuous", "invasive"]
     # motility shortens every strategy
     for a in ("continuous", "holiday", "modulation"):

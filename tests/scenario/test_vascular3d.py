@@ -2,12 +2,12 @@
 checked from their outputs, the same on 1 and 2 ranks.
 
 The coarsened copy keeps the scenario's network, drugs, clones, protocol and vessel collapse on
-a coarser mesh with longer steps; its claims are the scenario's (see its header): exposure (AUC)
+a coarser mesh with a longer largest step; its claims are the scenario's (see its header): exposure (AUC)
 is lowest where the network is poor (the core), the core is the sanctuary, and with these
 clones the resistant fraction rises first in the well-perfused rim; against the same run
 without collapse, compressed vessels cut the core's delivery (less of the infused inhibitor,
 less doxorubicin in the tissue during a bolus) and its selection (the resistant fraction rises
-later), while doxorubicin's AUC in the core rises: closed vessels no longer wash it out.
+later), and doxorubicin's AUC in the core over the run is lower too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from runs import finish, tme
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 QUICK = ["output.plots=false", "output.snapshots.times=[]"]
-COARSE = ["mesh.cells=[20, 20, 8]", "time.dt=12 hour", "time.dt_initial=1 hour", "output.every=7 day"]
+COARSE = ["mesh.cells=[20, 20, 8]", "time.dt=12 hour", "output.every=7 day"]
 
 
 def _run(out: Path, config: str, sets: list[str], ranks: int = 1):
@@ -121,19 +121,25 @@ def test_vascular3d_compressed_vessels_cut_delivery_and_selection_in_the_core(co
     assert core < 0.98 * core_open
     peak = lambda rs: max(r["total_doxorubicin"] for r in rs if r["t"] < 24.0)  # noqa: E731
     assert peak(rows) < 0.95 * peak(rows_open)
-    # but the closed vessels no longer wash doxorubicin out once its plasma level has fallen
-    # below the tissue's: its AUC in the core ends higher
+    # and over the whole run doxorubicin's AUC in the core is lower too (with fixed 12-hour
+    # steps it had come out higher: a time-step error, which error-controlled steps remove)
     dox, _ = _core_rim(*_last_frame(out, "auc_doxorubicin"))
     dox_open, _ = _core_rim(*_last_frame(out_open, "auc_doxorubicin"))
-    assert dox > dox_open
+    assert dox < 0.97 * dox_open
     # less exposure early, less selection: the core's resistant fraction rises later
     assert _crossing(rows, "core") > _crossing(rows_open, "core")
 
 
 @pytest.mark.slow
-def test_vascular3d_same_on_two_ranks(coarse_run, tmp_path):
-    _, rows1 = coarse_run
-    rows2 = _run(tmp_path / "np2", "vascular3d.yaml", COARSE + QUICK, ranks=2)
+def test_vascular3d_same_on_two_ranks(tmp_path):
+    # on fixed steps, solved to 1e-8: under time.tolerance each rank count would keep its own
+    # algebraic error (the Krylov tolerance is tolerance/10) and its own error estimates (the
+    # filters are solved to 0.2), and the steps would follow them; the network's coupling in
+    # parallel is what this compares (tests/scenario/test_simulation.py runs time.tolerance on
+    # 2 ranks against a closed form)
+    tight = COARSE + QUICK + ["time.tolerance=null", "time.dt_initial=1 hour"]
+    rows1 = _run(tmp_path / "np1", "vascular3d.yaml", tight)
+    rows2 = _run(tmp_path / "np2", "vascular3d.yaml", tight, ranks=2)
     assert len(rows1) == len(rows2)
     for a, b in zip(rows1, rows2):
         for k, v in a.items():
