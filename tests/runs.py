@@ -52,13 +52,19 @@ def finish(p, timeout: float):
     try:
         return p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for pid in children(p.pid) + [p.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill(p)
         _, err = p.communicate()
         pytest.fail(f"no answer within {timeout:g} s (a hang); stderr:\n{err}")
+
+
+def kill(p) -> None:
+    """SIGKILL the ranks mpirun started for ``p`` and ``p`` itself (mpirun puts each rank in a
+    process group of its own); a process that has exited in between is passed over."""
+    for pid in children(p.pid) + [p.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def children(pid: int) -> list[int]:

@@ -31,7 +31,7 @@ from tme.config.spec import ScenarioError  # noqa: E402
 from tme.studies import batch  # noqa: E402
 from tme.studies.batch import Job, Stopped, run_batch  # noqa: E402
 
-from runs import children, finish, mpirun  # noqa: E402
+from runs import children, finish, kill, mpirun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 AREA = 200.0 * 200.0    # µm², the domain
@@ -271,8 +271,7 @@ def test_a_killed_study_keeps_whole_files_and_its_rerun_runs_the_rest(tmp_path, 
     script, out = _script(tmp_path, n, "2 day"), tmp_path / "study"
     p = _start(script, out, ranks)
     _wait_files(out / "runs", 2, p)
-    for pid in children(p.pid) + [p.pid]:
-        os.kill(pid, signal.SIGKILL)
+    kill(p)
     p.communicate()
     kept = _whole_files(out / "runs")
     assert 2 <= len(kept) < n

@@ -33,7 +33,7 @@ from mpi4py import MPI  # noqa: E402
 from tme.config import scenario as sc  # noqa: E402
 from tme.problem import Problem, RunError  # noqa: E402
 
-from runs import children as _children, finish as _finish, tme as _tme  # noqa: E402
+from runs import children as _children, finish as _finish, kill as _kill, tme as _tme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -362,9 +362,7 @@ def test_sigkill_leaves_every_finished_output_readable(tmp_path, ranks):
         p = _tme("run", cfg, "--out", out, ranks=ranks)
         _wait_rows(out / "timeseries.csv", rows, p)
         time.sleep(float(rng.uniform(0.0, 0.05)))
-        # mpirun puts each rank in a process group of its own: kill the ranks and mpirun
-        for pid in _children(p.pid) + [p.pid]:
-            os.kill(pid, signal.SIGKILL)
+        _kill(p)   # the ranks and mpirun
         _finish(p, 60)
         times = _readable_frames(out)
         assert times and times == sorted(times) and times[0] == 0.0

@@ -25,8 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -41,7 +39,7 @@ from tme.studies import cohort, sensitivity  # noqa: E402
 from tme.studies.params import Param  # noqa: E402
 from tme.studies.sensitivity import Vary  # noqa: E402
 
-from runs import children, finish, tme  # noqa: E402
+from runs import finish, kill, tme  # noqa: E402
 
 AREA, N0, THICKNESS, CELL = 200.0 * 200.0, 0.05, 18.0, 3000.0
 
@@ -240,8 +238,7 @@ def test_a_failing_patient_is_recorded_and_a_killed_cohort_continues(tmp_path, r
         assert p.poll() is None, p.communicate()
         assert time.time() - t0 < 120
         time.sleep(0.02)
-    for pid in children(p.pid) + [p.pid]:
-        os.kill(pid, signal.SIGKILL)
+    kill(p)
     p.communicate()
     kept = sorted(f.stem for f in (out / "runs").glob("*.json"))
     for f in (out / "runs").glob("*.json"):
