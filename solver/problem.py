@@ -296,12 +296,16 @@ def build(scenario: Scenario, comm, max_memory: float | None = None) -> Model:
     return model
 
 
+def _line_exchange(model: Model, s: Species, t0: float, t1: float):
+    """Species ``s``'s nodal exchange with the vessel network over t0 → t1, or None."""
+    if model.vessels is not None and s.name in model.vessels.species:
+        return model.vessels.exchange(s.name, s.solver.c.x.array, t0, t1)
+    return None
+
+
 def _settle(model: Model, s: Species, t: float) -> None:
     """Solve quasi-steady species ``s`` at time ``t`` for the cell density of now."""
-    exchange = None
-    if model.vessels is not None and s.name in model.vessels.species:
-        exchange = model.vessels.exchange(s.name, s.solver.c.x.array, t, t)
-    s.solver.step(t, t, model.n_tot.x.array, nodal_exchange=exchange)
+    s.solver.step(t, t, model.n_tot.x.array, nodal_exchange=_line_exchange(model, s, t, t))
 
 
 def _build_vessels(model: Model, h: float):
@@ -1106,10 +1110,7 @@ class Problem:
                     source = (rate * (1.0 + im.boost * act0), rate * (1.0 + im.boost * activation))
                 else:
                     source = rate
-            exchange = None
-            if m.vessels is not None and s.name in m.vessels.species:
-                exchange = m.vessels.exchange(s.name, s.solver.c.x.array, t0, t1)
-            s.solver.step(t0, t1, n_tot, nodal_source=source, nodal_exchange=exchange)
+            s.solver.step(t0, t1, n_tot, nodal_source=source, nodal_exchange=_line_exchange(m, s, t0, t1))
         if m.reactions is not None:
             for i, solver in enumerate(m.motility):
                 solver.c.x.array[:] = m.N[i]

@@ -25,7 +25,6 @@ from ..tissue import hindrance
 from ..transport import SpeciesModel, SpeciesSolver
 
 
-
 @dataclass
 class Result:
     """One verification case: errors per mesh, observed orders, and the verdict."""
